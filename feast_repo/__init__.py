@@ -1,0 +1,1 @@
+"""Feast objects only: the single source of every feature's name, window and aggregation."""

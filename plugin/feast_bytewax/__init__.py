@@ -1,0 +1,1 @@
+"""feast-bytewax: real-time windowed features from Feast definitions, computed with Bytewax."""
