@@ -132,15 +132,27 @@ def compile_view(view) -> list[FeatureSpec]:
     return specs
 
 
-def compile_views(views: Iterable, join_key: str | None = None) -> EngineSpec:
-    """Compile every aggregating stream view of one entity fed by one push source."""
+def _join_keys(view, entities: Mapping[str, str]) -> tuple[str, ...]:
+    """A registry copy knows its join keys; a fresh object only its entity names."""
+    if view.join_keys:
+        return tuple(view.join_keys)
+    return tuple(entities.get(name, name) for name in view.entities)
+
+
+def compile_views(views: Iterable, join_key: str | None = None,
+                  entities: Iterable = ()) -> EngineSpec:
+    """Compile every aggregating stream view of one entity fed by one push source.
+
+    `entities` (Feast `Entity` objects) resolve join keys of views not yet applied.
+    """
+    emap = {e.name: e.join_key for e in entities}
     chosen = [v for v in views if getattr(v, "aggregations", None)]
     if join_key is not None:
-        chosen = [v for v in chosen if list(v.join_keys) == [join_key]]
+        chosen = [v for v in chosen if list(_join_keys(v, emap)) == [join_key]]
     if not chosen:
         raise SpecError("no StreamFeatureView with aggregations found"
                         + (f" for join key {join_key!r}" if join_key else ""))
-    keys = {tuple(v.join_keys) for v in chosen}
+    keys = {_join_keys(v, emap) for v in chosen}
     if len(keys) != 1 or len(next(iter(keys))) != 1:
         raise SpecError(f"views span several or composite join keys {sorted(keys)}; pass join_key")
     sources = {v.stream_source.name if v.stream_source else None for v in chosen}
@@ -160,4 +172,4 @@ def compile_views(views: Iterable, join_key: str | None = None) -> EngineSpec:
 
 def load_spec(store, join_key: str | None = None) -> EngineSpec:
     """Compile the views registered in a `FeatureStore`'s registry (what `feast apply` wrote)."""
-    return compile_views(store.list_stream_feature_views(), join_key)
+    return compile_views(store.list_stream_feature_views(), join_key, store.list_entities())
