@@ -1,0 +1,300 @@
+"""Bytewax 0.21 input sources that replay event files.
+
+`EventFileSource(path)` reads one parquet file, one JSON-lines file, or a folder of them
+(one partition per file, so bytewax spreads files over workers). It emits raw, unvalidated
+items ``(payload, origin)``:
+
+- JSON lines: ``payload`` is the line as ``str`` without its line ending (``bytes`` if the line
+  is not valid UTF-8, so the validator reports it as ``bad_json``); ``origin`` is
+  ``"<file name>:<line number>"``, 1-based like editors and ``grep -n``. Blank lines are
+  emitted too (they are rejected downstream, never dropped silently).
+- parquet: ``payload`` is the row as a ``dict`` (only the spec's columns that the file has;
+  a missing column makes every row a ``missing_field`` rejection); ``origin`` is
+  ``"<file name>:<row index>"``, 0-based like pandas ``iloc``. A tz-aware timestamp column is
+  handed over as `feast_bytewax.validate.EpochUs` (exact UTC epoch us, ~50x cheaper than a
+  ``datetime``); a naive one as naive ``datetime`` (rejected downstream).
+
+Feed items to `feast_bytewax.validate.validate_item`.
+
+Resume state (bytewax recovery) is the position of the next unread row: an ``int`` row index
+for parquet, a ``(next_line_index, byte_offset)`` tuple for JSON lines (an ``int`` line
+index is accepted as well and skips lines by reading). Rows are emitted in file order, in
+batches of ``batch_size``.
+
+Optional ``start`` / ``end`` (aware datetimes, ``[start, end)``) filter parquet rows by event
+time: row groups entirely outside are skipped using the parquet statistics; rows with a null
+or naive timestamp are not filtered (they must reach the dead letters). JSON lines are not
+filtered (the text is not parsed here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from feast_bytewax.timeutil import to_us
+from feast_bytewax.validate import FIELDS, EpochUs
+
+__all__ = ["EventFileSource", "list_event_files"]
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TS_COLUMN = "event_timestamp"
+
+Item = tuple[Any, str]
+
+
+def list_event_files(path: str | Path) -> list[Path]:
+    """The files `EventFileSource` reads for `path`, in partition order."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(
+            f
+            for f in p.iterdir()
+            if f.is_file()
+            and not f.name.startswith((".", "_"))
+            and f.suffix.lower() in PARQUET_SUFFIXES + JSONL_SUFFIXES
+        )
+        if not files:
+            raise FileNotFoundError(f"no .parquet or .jsonl files in {p}")
+        return files
+    raise FileNotFoundError(p)
+
+
+class _JsonLinesPartition(StatefulSourcePartition[Item, tuple[int, int]]):
+    def __init__(self, path: Path, name: str, batch_size: int, resume: Any):
+        self._name = name
+        self._batch_size = batch_size
+        self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._line = 0
+        self._offset = 0
+        if isinstance(resume, tuple):
+            self._line, self._offset = int(resume[0]), int(resume[1])
+            self._f.seek(self._offset)
+        elif resume:
+            for raw in islice(self._f, int(resume)):
+                self._offset += len(raw)
+                self._line += 1
+
+    def next_batch(self) -> list[Item]:
+        if self._f.closed:
+            raise StopIteration
+        raws = list(islice(self._f, self._batch_size))
+        if not raws:
+            raise StopIteration
+        out = []
+        name = self._name
+        line = self._line
+        for raw in raws:
+            line += 1
+            self._offset += len(raw)
+            b = raw.rstrip(b"\r\n")
+            try:
+                payload: str | bytes = b.decode("utf-8")
+            except UnicodeDecodeError:
+                payload = b
+            out.append((payload, f"{name}:{line}"))
+        self._line = line
+        return out
+
+    def snapshot(self) -> tuple[int, int]:
+        return (self._line, self._offset)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _ParquetPartition(StatefulSourcePartition[Item, int]):
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        batch_size: int,
+        resume: int | None,
+        start_us: int | None,
+        end_us: int | None,
+        columns: tuple[str, ...],
+    ):
+        import pyarrow.parquet as pq
+
+        self._name = name
+        self._pf = pq.ParquetFile(path)
+        self._row = int(resume or 0)
+        self._batch_size = batch_size
+        self._start_us = start_us
+        self._end_us = end_us
+        names = self._pf.schema_arrow.names
+        self._columns = [c for c in columns if c in names]
+        self._batches = self._iter_batches()
+
+    def _group_outside_range(self, g: int) -> bool:
+        if self._start_us is None and self._end_us is None:
+            return False
+        md = self._pf.metadata.row_group(g)
+        for i in range(md.num_columns):
+            col = md.column(i)
+            if col.path_in_schema != TS_COLUMN:
+                continue
+            st = col.statistics
+            if st is None or not st.has_min_max or st.null_count:
+                return False
+            lo, hi = st.min, st.max
+            if not isinstance(lo, datetime) or lo.tzinfo is None:
+                return False
+            if self._start_us is not None and to_us(hi) < self._start_us:
+                return True
+            return self._end_us is not None and to_us(lo) >= self._end_us
+        return False
+
+    def _iter_batches(self) -> Iterator[tuple[int, Any]]:
+        """Yield (first row index, RecordBatch) from the resume row on."""
+        md = self._pf.metadata
+        first = 0
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if first + n <= self._row:
+                first += n
+                continue
+            if self._group_outside_range(g):
+                first += n
+                yield first, None  # skipped group: advance the offset only
+                continue
+            row = first
+            for batch in self._pf.iter_batches(
+                batch_size=self._batch_size, row_groups=[g], columns=self._columns,
+                use_threads=False,
+            ):  # fmt: skip
+                end = row + batch.num_rows
+                if end > self._row:
+                    skip = max(self._row - row, 0)
+                    yield row + skip, batch.slice(skip)
+                row = end
+            first += n
+
+    @staticmethod
+    def _ts_values(col) -> list:
+        import pyarrow as pa
+
+        t = col.type
+        if pa.types.is_timestamp(t) and t.tz is not None:
+            raw = col.cast(pa.int64()).to_pylist()  # UTC instant in the column's unit
+            if t.unit == "ns":  # floor to us, as the validator does for pandas Timestamps
+                return [None if v is None else EpochUs(v // 1000) for v in raw]
+            f = {"s": 1_000_000, "ms": 1000, "us": 1}[t.unit]
+            return [None if v is None else EpochUs(v * f) for v in raw]
+        return col.to_pylist()
+
+    def _mask(self, batch):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if TS_COLUMN not in batch.schema.names:
+            return None
+        col = batch.column(TS_COLUMN)
+        t = col.type
+        if not (pa.types.is_timestamp(t) and t.tz is not None):
+            return None
+        us = col.cast(pa.timestamp("us", tz=t.tz), safe=False).cast(pa.int64())
+        keep = None
+        if self._start_us is not None:
+            keep = pc.greater_equal(us, self._start_us)
+        if self._end_us is not None:
+            lt = pc.less(us, self._end_us)
+            keep = lt if keep is None else pc.and_(keep, lt)
+        return pc.fill_null(keep, True)
+
+    def next_batch(self) -> list[Item]:
+        try:
+            first, batch = next(self._batches)
+        except StopIteration:
+            self._row = max(self._row, self._pf.metadata.num_rows)
+            raise
+        if batch is None:
+            self._row = first
+            return []
+        n = batch.num_rows
+        self._row = first + n
+        rows = range(first, first + n)
+        if self._start_us is not None or self._end_us is not None:
+            keep = self._mask(batch)
+            if keep is not None:
+                import numpy as np
+
+                idx = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+                batch = batch.take(idx)
+                rows = (first + idx).tolist()
+        names = batch.schema.names
+        cols = [
+            self._ts_values(batch.column(i)) if nm == TS_COLUMN else batch.column(i).to_pylist()
+            for i, nm in enumerate(names)
+        ]
+        prefix = self._name + ":"
+        origins = [prefix + str(r) for r in rows]
+        if len(names) == 6:  # the usual full schema: literal dicts are ~2x faster than zip
+            k0, k1, k2, k3, k4, k5 = names
+            recs = [
+                {k0: a, k1: b, k2: c, k3: d, k4: e, k5: f}
+                for a, b, c, d, e, f in zip(*cols, strict=True)
+            ]
+        else:
+            recs = [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+        return list(zip(recs, origins, strict=True))
+
+    def snapshot(self) -> int:
+        return self._row
+
+    def close(self) -> None:
+        self._batches.close()
+        self._pf.close()
+
+
+class EventFileSource(FixedPartitionedSource[Item, Any]):
+    """Replay events from a parquet file, a JSON-lines file, or a folder of them.
+
+    :arg path: a ``.parquet`` / ``.jsonl`` file, or a folder of such files (one partition
+        per file; hidden and ``_``-prefixed files are ignored).
+    :arg batch_size: rows per `next_batch` (default 1000).
+    :arg start: only parquet rows with ``event_timestamp >= start`` (aware datetime).
+    :arg end: only parquet rows with ``event_timestamp < end`` (aware datetime).
+    :arg columns: parquet columns to read (default: the spec's six fields).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 1000,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        columns: tuple[str, ...] = FIELDS,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.start_us = to_us(start) if start is not None else None
+        self.end_us = to_us(end) if end is not None else None
+        self.columns = tuple(columns)
+
+    def _files(self) -> dict[str, Path]:
+        return {f.name: f for f in list_event_files(self.path)}
+
+    def list_parts(self) -> list[str]:
+        return list(self._files())
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Any
+    ) -> StatefulSourcePartition[Item, Any]:
+        path = self._files()[for_part]
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            return _ParquetPartition(
+                path, for_part, self.batch_size, resume_state, self.start_us, self.end_us,
+                self.columns,
+            )  # fmt: skip
+        return _JsonLinesPartition(path, for_part, self.batch_size, resume_state)
