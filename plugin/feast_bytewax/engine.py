@@ -118,6 +118,7 @@ class ShardEngine:
     def __init__(self, spec: EngineSpec, config: EngineConfig, snapshot: bytes | None = None):
         self.cs = CompiledSpec(spec)
         self.config = config
+        self.lateness = config.allowed_lateness
         self.keys: dict[str, KeyState] = {}
         self.buffer: list[tuple[int, int, Event]] = []  # (t, seq, event) heap
         self.timers: list[tuple[int, str, int]] = []  # (t, key, gid) heap, lazily invalidated
@@ -240,7 +241,7 @@ class ShardEngine:
             if isinstance(g, SlidingGroup):
                 self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
             else:
-                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.config.allowed_lateness))
+                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.lateness))
             self._refresh(st, gid, t)
         self._changed(ev.user_id, st, t, "event", out)
 
@@ -259,7 +260,7 @@ class ShardEngine:
             else:
                 gs.correct(g, ev, ev.event_timestamp)
                 gs.prune(g, w, self.config.allowed_lateness)
-                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, w, self.config.allowed_lateness))
+                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, w, self.lateness))
             touched = True
             self._refresh(st, gid, w)
         if touched and self._changed(ev.user_id, st, w, "correction", out):
@@ -280,7 +281,7 @@ class ShardEngine:
             self._schedule(key, gid, gs, gs.next_eviction(g))
         else:
             gs.prune(g, t, self.config.allowed_lateness)
-            self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.config.allowed_lateness))
+            self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
         if gs.is_empty():
             st.groups[gid] = None
         self._refresh(st, gid, t)

@@ -20,7 +20,7 @@ from feast_bytewax.routing import shard_key
 from feast_bytewax.spec import EngineSpec
 from feast_bytewax.step import FeatureStepConfig
 from feast_bytewax.timeutil import US_PER_S, utc_now_us
-from feast_bytewax.validate import from_record, parse_json
+from feast_bytewax.validate import validate_item
 
 
 def make_validator(cfg: FlowConfig, stats: FlowStats, clock: Callable[[], int] = utc_now_us):
@@ -29,11 +29,7 @@ def make_validator(cfg: FlowConfig, stats: FlowStats, clock: Callable[[], int] =
 
     def validate(batch: list[tuple[Any, str]]) -> list[Event | Rejected]:
         now = clock()
-        out = [
-            from_record(p, o, now, max_future) if isinstance(p, dict)
-            else parse_json(p, o, now, max_future)
-            for p, o in batch
-        ]
+        out = [validate_item(p, o, now, max_future) for p, o in batch]
         rejected = sum(1 for x in out if type(x) is Rejected)
         stats.add(consumed=len(out), rejected=rejected)
         return out

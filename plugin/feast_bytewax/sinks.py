@@ -40,6 +40,7 @@ import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from feast_bytewax.events import FeatureRow
+from feast_bytewax.metrics import PUSH_SECONDS, FlowStats
 from feast_bytewax.spec import EngineSpec, load_spec
 
 DEFAULT_MAX_ROWS = 10_000
@@ -152,9 +153,11 @@ class FeastWriter:
         online: bool = True,
         offline: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        stats: FlowStats | None = None,
     ) -> None:
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
+        self.run_stats = stats
         self.store = store
         self.spec = spec
         self.max_rows = max_rows
@@ -287,8 +290,10 @@ class FeastWriter:
             self._provider.ingest_df_to_offline_store(target.view, table)
             self.rows_offline += table.num_rows
         t_online = time.perf_counter()
+        latest_keys = 0
         if self._online_targets:
             latest = latest_per_key(df, self.spec.join_key)
+            latest_keys = len(latest)
             for target in self._online_targets:
                 frame = latest.loc[:, list(target.columns)].rename(columns=target.renames)
                 self._provider.ingest_df(target.view, frame)
@@ -303,6 +308,10 @@ class FeastWriter:
         self.flush_seconds_last = elapsed
         self.flush_seconds_total += elapsed
         self.flush_seconds_max = max(self.flush_seconds_max, elapsed)
+        PUSH_SECONDS.observe(elapsed)
+        if self.run_stats is not None:
+            self.run_stats.add(rows_offline=len(rows) if self._offline_targets else 0,
+                               rows_online=latest_keys)
         return len(rows)
 
     def close(self) -> None:
@@ -383,6 +392,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         offline: bool = True,
         fs_yaml_file: str | Path | None = None,
         join_key: str | None = None,
+        stats: FlowStats | None = None,
     ) -> None:
         if not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"partitions must be a positive int, got {partitions!r}")
@@ -397,6 +407,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         self.offline = offline
         self.fs_yaml_file = None if fs_yaml_file is None else str(fs_yaml_file)
         self.join_key = join_key
+        self.stats = stats
 
     def list_parts(self) -> list[str]:
         return [f"feast-{i}" for i in range(self.partitions)]
@@ -412,7 +423,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         spec = self.spec if self.spec is not None else load_spec(store, self.join_key)
         return FeastWriter(
             store, spec, max_rows=self.max_rows, max_interval=self.max_interval,
-            online=self.online, offline=self.offline,
+            online=self.online, offline=self.offline, stats=self.stats,
         )
 
     def build_part(
