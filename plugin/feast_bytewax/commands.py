@@ -44,7 +44,7 @@ def replay(args: argparse.Namespace) -> int:
     with live_progress(not args.quiet) as on_progress:
         result = run_replay(cfg, args.events, workers=args.workers, start=args.start,
                             end=args.end, on_progress=on_progress)
-    print(describe(result))
     if result.stats.rejected or result.stats.late:
         print(f"dead letters: {result.dead_letter_path}")
+    print(describe(result))
     return 0 if result.stats.balanced() else 1

@@ -154,7 +154,7 @@ class ShardEngine:
             if w is not None and t <= w:
                 if w - t > lateness:
                     self.counts["late"] += 1
-                    out.append(Late(ev, f"event time is {(w - t) / 1e6:.3f} s behind the "
+                    out.append(Late(ev, f"late: event time is {(w - t) / 1e6:.3f} s behind the "
                                         f"watermark, allowed lateness {lateness / 1e6:g} s", w))
                     continue
                 self._advance(w, out)

@@ -59,8 +59,7 @@ def build_flow(
     checked = op.flat_map_batch("validate", raw, make_validator(cfg, stats))
     valid = op.branch("split_valid", checked, lambda x: type(x) is Event)
     events = valid.trues
-    op.output("dead_letters", op.map("tag_rejected", valid.falses, lambda r: ("input", r)),
-              dead_letter_sink)
+    rejected = op.map("tag_rejected", valid.falses, lambda r: ("input", r))
 
     keyed = op.key_on("route", events, lambda e: shard_key(e.user_id, shards))
     # The newest event time of a finite input, announced to every shard at EOF so that all
@@ -77,5 +76,7 @@ def build_flow(
     out = op.stateful_batch("features", op.merge("with_end", keyed, markers), step.build)
     split = op.branch("split_rows", out, lambda kv: type(kv[1]) is FeatureRow)
     op.output("features_out", split.trues, feature_sink)
-    op.output("late_out", split.falses, dead_letter_sink)
+    # One output step for both kinds: a file sink must have a single writer.
+    op.output("dead_letters", op.merge("rejected_and_late", rejected, split.falses),
+              dead_letter_sink)
     return flow
