@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from feast_bytewax.engine import EngineConfig, ShardEngine
-from feast_bytewax.events import Event, FeatureRow, Late
-from feast_bytewax.spec import FeatureSpec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feast_bytewax.engine import EngineConfig, ShardEngine
+from feast_bytewax.events import Event, FeatureRow, Late
+from feast_bytewax.spec import FeatureSpec
 from tests import reference as ref
 
 MIN = 60_000_000
