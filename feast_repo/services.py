@@ -1,6 +1,8 @@
 """The feature service models are trained and served with."""
 
 from feast import FeatureService
+from feast.feature_logging import LoggingConfig
+from feast.infra.offline_stores.file_source import FileLoggingDestination
 
 from feast_repo.features import (
     user_login_features,
@@ -16,4 +18,10 @@ user_fraud_features = FeatureService(
         user_session_features[["distinct_categories_session"]],
     ],
     description="The five reference fraud features of shared/spec/features.md.",
+    # Served vectors are logged here (sample_rate of requests) when feature_store.yaml uses
+    # the feast_bytewax.feature_logging.LoggingProvider; inert with the default provider.
+    logging_config=LoggingConfig(
+        destination=FileLoggingDestination(path="data/feature_logs/user_fraud_features"),
+        sample_rate=1.0,
+    ),
 )

@@ -97,12 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the live dataflow from a Kafka topic")
     p.add_argument("--source", required=True, help="kafka://HOST:PORT[,HOST:PORT]/TOPIC")
     _flow_args(p)
+    from feast_bytewax.live import add_run_arguments
+
+    add_run_arguments(p)
     p.set_defaults(handler="feast_bytewax.live:main")
 
     p = sub.add_parser("skew", help="recompute features in batch and compare with what was written")
     p.add_argument("--repo", type=Path, default=Path("."))
     p.add_argument("--events", type=Path, required=True, help="raw event log (parquet/folder)")
     p.add_argument("--out", type=Path, default=Path("data/skew"), help="report folder")
+    d = FlowConfig()
+    p.add_argument("--max-mismatch-rate", type=float, default=0.0,
+                   help="exit 1 when the mismatch rate exceeds this (default 0)")
+    p.add_argument("--truth", choices=["stream", "ideal"], default="stream",
+                   help="compare with the stream's visibility model (default) or with every "
+                        "event counted from its own time")
+    p.add_argument("--start", type=_aware, default=None,
+                   help="only events at or after (as given to replay)")
+    p.add_argument("--end", type=_aware, default=None, help="only events before")
+    p.add_argument("--shards", type=int, default=d.shards, help="routing shards of the run")
+    p.add_argument("--watermark-delay", type=float, default=d.watermark_delay_s,
+                   metavar="SECONDS", help="watermark delay of the run")
+    p.add_argument("--allowed-lateness", type=float, default=d.allowed_lateness_s,
+                   metavar="SECONDS", help="allowed lateness of the run")
+    p.add_argument("--rtol", type=float, default=1e-9, help="relative tolerance for floats")
+    p.add_argument("--atol", type=float, default=1e-9, help="absolute tolerance for floats")
+    p.add_argument("--sample-keys", type=float, default=1.0, metavar="FRACTION",
+                   help="check a stable fraction of the keys (large logs)")
+    p.add_argument("--feature-service", default=None,
+                   help="feature service whose logs to check (default: the one with logging)")
     p.set_defaults(handler="feast_bytewax.skew:main")
     return parser
 
