@@ -9,6 +9,7 @@ loaded by class path from feature_store.yaml, that adds it without touching Feas
       flush_interval_s: 5.0         # write what is buffered at least this often
       max_buffer_rows: 20000        # ... or as soon as this many log rows wait
       max_pending_rows: 1000000     # beyond this, sampled requests are dropped (counted)
+      base_provider: null           # e.g. feast_bytewax.stores.fast_redis.FastRedisProvider
 
 It is Feast's `PassthroughProvider` plus, for every `get_online_features` call made with a
 `FeatureService` that has a `logging_config` (the feature server resolves
@@ -64,10 +65,11 @@ logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "feast_bytewax_logging"
 TS_TYPE = pa.timestamp("us", tz="UTC")
-DEFAULTS = {"flush_interval_s": 5.0, "max_buffer_rows": 20_000, "max_pending_rows": 1_000_000}
+DEFAULTS: dict[str, Any] = {"flush_interval_s": 5.0, "max_buffer_rows": 20_000,
+                            "max_pending_rows": 1_000_000, "base_provider": None}
 
 
-def logging_settings(config: RepoConfig) -> dict[str, float]:
+def logging_settings(config: RepoConfig) -> dict[str, Any]:
     """The `feast_bytewax_logging:` block of feature_store.yaml over the defaults."""
     extra = getattr(config, "model_extra", None) or {}
     raw = extra.get(CONFIG_KEY) or {}
@@ -308,11 +310,11 @@ def _rows_of(entity_rows: Any) -> int:
         return 1
 
 
-class LoggingProvider(PassthroughProvider):
-    """`PassthroughProvider` that logs served feature vectors (see the module doc)."""
+class FeatureLoggingMixin:
+    """Adds feature logging to a provider class (put it first in the bases)."""
 
     def __init__(self, config: RepoConfig):
-        super().__init__(config)
+        super().__init__(config)  # type: ignore[call-arg]
         self.feature_log = FeatureLogBuffer(self, config, logging_settings(config))
         _BUFFERS.add(self.feature_log)
 
@@ -328,7 +330,7 @@ class LoggingProvider(PassthroughProvider):
     def get_online_features(self, config, features, entity_rows, registry, project,
                             full_feature_names=False,
                             include_feature_view_version_metadata=False):
-        response = super().get_online_features(
+        response = super().get_online_features(  # type: ignore[misc]
             config=config, features=features, entity_rows=entity_rows, registry=registry,
             project=project, full_feature_names=full_feature_names,
             include_feature_view_version_metadata=include_feature_view_version_metadata,
@@ -339,7 +341,7 @@ class LoggingProvider(PassthroughProvider):
     async def get_online_features_async(self, config, features, entity_rows, registry,
                                         project, full_feature_names=False,
                                         include_feature_view_version_metadata=False):
-        response = await super().get_online_features_async(
+        response = await super().get_online_features_async(  # type: ignore[misc]
             config=config, features=features, entity_rows=entity_rows, registry=registry,
             project=project, full_feature_names=full_feature_names,
             include_feature_view_version_metadata=include_feature_view_version_metadata,
@@ -355,7 +357,34 @@ class LoggingProvider(PassthroughProvider):
         try:
             self.feature_log.close()
         finally:
-            await super().close()
+            await super().close()  # type: ignore[misc]
+
+
+_COMPOSED: dict[type, type] = {}
+
+
+class LoggingProvider(FeatureLoggingMixin, PassthroughProvider):
+    """`PassthroughProvider` that logs served feature vectors (see the module doc).
+
+    With `feast_bytewax_logging: {base_provider: pkg.mod.SomeProvider}` the instance is of a
+    subclass of that provider instead (e.g. `feast_bytewax.stores.fast_redis.FastRedisProvider`),
+    so logging composes with another plugin provider.
+    """
+
+    def __new__(cls, config: RepoConfig):
+        base_path = logging_settings(config).get("base_provider")
+        if cls is LoggingProvider and base_path:
+            from feast.importer import import_class
+
+            module, name = str(base_path).rsplit(".", 1)
+            base = import_class(module, name, "Provider")
+            if not issubclass(base, LoggingProvider):
+                sub = _COMPOSED.get(base)
+                if sub is None:
+                    sub = _COMPOSED[base] = type(f"Logging{base.__name__}",
+                                                 (FeatureLoggingMixin, base), {})
+                return sub(config)
+        return super().__new__(cls)
 
 
 def read_logged_features(store: Any, service: FeatureService | str,
@@ -367,6 +396,16 @@ def read_logged_features(store: Any, service: FeatureService | str,
         service = store.get_feature_service(service)
     if service.logging_config is None:
         return None
+    dest = service.logging_config.destination
+    if hasattr(dest, "path"):  # file destinations: nothing written yet reads as None
+        from feast_bytewax.stores.parquet_folder import list_parts, source_filesystem
+
+        try:
+            fs, path = source_filesystem(store.config, dest.to_data_source())
+            if not list_parts(fs, path):
+                return None
+        except (TypeError, AttributeError):
+            pass
     start = start or datetime(1970, 1, 2, tzinfo=UTC)
     end = end or datetime.now(UTC) + timedelta(days=3650)
     job = store._get_provider().retrieve_feature_service_logs(
