@@ -93,12 +93,14 @@ def _dtype_name(dtype: object) -> str:
 
 def compile_view(view) -> list[FeatureSpec]:
     """Compile one `StreamFeatureView` (object or registry copy) into feature specs."""
-    from feast_bytewax.aggregators import validate_function
+    from feast_bytewax.aggregators import make_aggregator, validate_function
 
     tags: Mapping[str, str] = view.tags or {}
     kind = tags.get(TAG_WINDOW, "sliding").strip().lower()
     if kind not in WINDOW_KINDS:
-        raise SpecError(f"view {view.name!r}: {TAG_WINDOW}={kind!r}, expected one of {WINDOW_KINDS}")
+        raise SpecError(
+            f"view {view.name!r}: {TAG_WINDOW}={kind!r}, expected one of {WINDOW_KINDS}"
+        )
     where = parse_filter(tags.get(TAG_FILTER, ""), view.name)
     options = tuple(sorted((k[len(TAG_PREFIX):], v) for k, v in tags.items()
                            if k.startswith(TAG_PREFIX) and k not in (TAG_FILTER, TAG_WINDOW)))
@@ -107,7 +109,11 @@ def compile_view(view) -> list[FeatureSpec]:
     for agg in view.aggregations:
         name = agg.resolved_name(agg.time_window)
         where_txt = f"view {view.name!r}, aggregation {name!r}"
-        validate_function(agg.function, where_txt)
+        function = validate_function(agg.function, where_txt)  # canonical: "avg" -> "mean"
+        try:  # bad options (e.g. a hll_lg_k tag) fail here, not later inside a worker
+            make_aggregator(function, dict(options))
+        except ValueError as e:
+            raise SpecError(f"{where_txt}: {e}") from None
         if name not in fields:
             raise SpecError(f"{where_txt}: no field {name!r} in the view schema {sorted(fields)}")
         if not agg.column:
@@ -125,7 +131,7 @@ def compile_view(view) -> list[FeatureSpec]:
                     f"time_window {agg.time_window}"
                 )
         specs.append(FeatureSpec(
-            name=name, view=view.name, function=agg.function, column=agg.column, kind=kind,
+            name=name, view=view.name, function=function, column=agg.column, kind=kind,
             window_us=window, slide_us=slide, where=where,
             dtype=_dtype_name(fields[name].dtype), options=options,
         ))
@@ -136,7 +142,14 @@ def _join_keys(view, entities: Mapping[str, str]) -> tuple[str, ...]:
     """A registry copy knows its join keys; a fresh object only its entity names."""
     if view.join_keys:
         return tuple(view.join_keys)
-    return tuple(entities.get(name, name) for name in view.entities)
+    unknown = [name for name in view.entities if name not in entities]
+    if unknown or not view.entities:
+        # Never guess: an entity's name is not its join key (`user` vs `user_id`).
+        raise SpecError(
+            f"view {view.name!r}: no join key known for entities {unknown or view.entities};"
+            " pass entities=[...] or compile the registry copies (after `feast apply`)"
+        )
+    return tuple(entities[name] for name in view.entities)
 
 
 def compile_views(views: Iterable, join_key: str | None = None,
@@ -157,7 +170,9 @@ def compile_views(views: Iterable, join_key: str | None = None,
         raise SpecError(f"views span several or composite join keys {sorted(keys)}; pass join_key")
     sources = {v.stream_source.name if v.stream_source else None for v in chosen}
     if len(sources) != 1 or None in sources:
-        raise SpecError(f"views of one entity must share one push source, got {sorted(map(str, sources))}")
+        raise SpecError(
+            f"views of one entity must share one push source, got {sorted(map(str, sources))}"
+        )
     chosen.sort(key=lambda v: v.name)
     features = tuple(f for v in chosen for f in compile_view(v))
     names = [f.name for f in features]

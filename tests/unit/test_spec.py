@@ -1,0 +1,313 @@
+"""spec.compile_view / compile_views / load_spec on real Feast objects.
+
+The shipped definitions (feast_repo/) must compile to exactly the five features of
+shared/spec/features.md, both as plain Python objects and as registry copies after
+`feast apply`; broken definitions must fail with a message that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+
+import pytest
+from feast import Entity, FeatureStore, Field, PushSource, RepoConfig, StreamFeatureView, ValueType
+from feast.aggregation import Aggregation
+from feast.repo_config import RegistryConfig
+from feast.types import Float64, Int64, String
+
+from feast_bytewax.aggregators import ALIASES, REGISTRY, make_aggregator
+from feast_bytewax.spec import (
+    EngineSpec,
+    FeatureSpec,
+    SpecError,
+    compile_view,
+    compile_views,
+    load_spec,
+    parse_filter,
+)
+from feast_repo import entities as repo_entities
+from feast_repo import features as repo_features
+from feast_repo import services as repo_services
+from feast_repo import sources as repo_sources
+
+MIN_US = 60 * 1_000_000
+HOUR_US = 60 * MIN_US
+
+
+def shipped_views() -> list[StreamFeatureView]:
+    """Fresh copies of the shipped views, as `feast apply` has not yet seen them."""
+    views = []
+    for value in vars(repo_features).values():
+        if isinstance(value, StreamFeatureView):
+            view = copy.copy(value)
+            view.entity_columns = []  # another test's `apply` may have inferred them in place
+            views.append(view)
+    return views
+
+
+# Expected, written out by hand from shared/spec/features.md (not derived from feast_repo).
+PURCHASE = (("event_type", frozenset({"purchase"})),)
+EXPECTED = {
+    "purchase_count_30m": ("count", "event_id", "sliding", 30 * MIN_US, MIN_US, PURCHASE, "int64"),
+    "avg_amount_1h": ("mean", "amount", "sliding", HOUR_US, MIN_US, PURCHASE, "float64"),
+    "failed_logins_10m": (
+        "count", "event_id", "sliding", 10 * MIN_US, MIN_US,
+        (("event_type", frozenset({"login_failed"})),), "int64",
+    ),
+    "max_amount_24h": ("max", "amount", "sliding", 24 * HOUR_US, MIN_US, PURCHASE, "float64"),
+    "distinct_categories_session": (
+        "count_distinct", "category", "session", 30 * MIN_US, 0,
+        (("event_type", frozenset({"view"})),), "int64",
+    ),
+}
+
+
+def check_reference_spec(spec: EngineSpec) -> None:
+    assert spec.join_key == "user_id"
+    assert spec.push_source == "user_features_push"
+    assert sorted(spec.feature_names) == sorted(EXPECTED)
+    assert len(spec.features) == 5
+    for f in spec.features:
+        got = (f.function, f.column, f.kind, f.window_us, f.slide_us, f.where, f.dtype)
+        assert got == EXPECTED[f.name], f.name
+        assert f.options == ()
+        make_aggregator(f.function, dict(f.options))  # every spec is executable
+
+
+# ---------------------------------------------------------------- the shipped definitions
+
+def test_shipped_views_compile_to_the_five_reference_features():
+    spec = compile_views(shipped_views(), entities=[repo_entities.user])
+    check_reference_spec(spec)
+    assert spec.views == tuple(sorted(spec.views))
+    # the same spec when asked for the entity by join key
+    assert compile_views(shipped_views(), "user_id", entities=[repo_entities.user]) == spec
+
+
+def test_feature_service_serves_exactly_the_compiled_features():
+    service = repo_services.user_fraud_features
+    served = sorted(f.name for p in service.feature_view_projections for f in p.features)
+    spec = compile_views(shipped_views(), entities=[repo_entities.user])
+    assert served == sorted(spec.feature_names) == sorted(EXPECTED)
+    views_of_service = {p.name for p in service.feature_view_projections}
+    assert views_of_service == set(spec.views)
+
+
+def test_features_sharing_slide_and_filter_share_a_group():
+    spec = compile_views(shipped_views(), entities=[repo_entities.user])
+    by_name = {f.name: f for f in spec.features}
+    purchase = {by_name[n].group_key for n in
+                ("purchase_count_30m", "avg_amount_1h", "max_amount_24h")}
+    assert purchase == {("sliding", PURCHASE, MIN_US)}
+    assert by_name["failed_logins_10m"].group_key != by_name["purchase_count_30m"].group_key
+    assert by_name["distinct_categories_session"].group_key[0] == "session"
+
+
+def test_registry_copies_compile_to_the_same_spec(tmp_path):
+    """`feast apply`, then read the views back from the registry, as the dataflow does."""
+    config = RepoConfig(
+        project="spec_test",
+        provider="local",
+        registry=RegistryConfig(path=str(tmp_path / "registry.db"), cache_ttl_seconds=0),
+        online_store={"type": "sqlite", "path": str(tmp_path / "online.db")},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=str(tmp_path),
+    )
+    store = FeatureStore(config=config)
+    store.apply([
+        repo_entities.user, repo_sources.user_features_batch, repo_sources.user_features_push,
+        *shipped_views(), repo_services.user_fraud_features,
+    ])
+    from_registry = load_spec(store)
+    check_reference_spec(from_registry)
+    assert from_registry == compile_views(shipped_views(), entities=[repo_entities.user])
+    assert load_spec(store, "user_id") == from_registry
+
+
+def test_unapplied_views_without_entities_are_refused_not_guessed():
+    # A plain view knows its entity's name ("user"), not its join key ("user_id").
+    with pytest.raises(SpecError, match=r"no join key known for entities \['user'\]"):
+        compile_views(shipped_views())
+
+
+def test_no_aggregating_view():
+    with pytest.raises(SpecError, match="no StreamFeatureView with aggregations"):
+        compile_views([], entities=[repo_entities.user])
+    with pytest.raises(SpecError, match="for join key 'account_id'"):
+        compile_views(shipped_views(), "account_id", entities=[repo_entities.user])
+
+
+# ---------------------------------------------------------------- ad-hoc views
+
+USER_ID = Field(name="user_id", dtype=String)  # an entity column: join keys known unapplied
+push = PushSource(name="adhoc_push", batch_source=repo_sources.user_features_batch)
+
+
+def agg(name: str = "n_10m", function: str = "count", column: str = "event_id",
+        window: timedelta | None = timedelta(minutes=10),
+        slide: timedelta | None = timedelta(minutes=1)) -> Aggregation:
+    return Aggregation(column=column, function=function, time_window=window,
+                       slide_interval=slide, name=name)
+
+
+def view(*aggs: Aggregation, name: str = "adhoc", tags: dict | None = None,
+         schema: list | None = None, source: PushSource = push,
+         entities: list | None = None) -> StreamFeatureView:
+    aggs = aggs or (agg(),)
+    if schema is None:
+        schema = [Field(name=a.resolved_name(a.time_window), dtype=Int64) for a in aggs]
+    return StreamFeatureView(
+        name=name, source=source, entities=entities or [repo_entities.user],
+        ttl=timedelta(0), timestamp_field="event_timestamp", tags=tags or {},
+        schema=[USER_ID, *schema], aggregations=list(aggs),
+    )
+
+
+def test_adhoc_view_compiles_with_defaults():
+    (f,) = compile_view(view())
+    assert f == FeatureSpec(name="n_10m", view="adhoc", function="count", column="event_id",
+                            kind="sliding", window_us=10 * MIN_US, slide_us=MIN_US, where=(),
+                            dtype="int64", options=())
+    spec = compile_views([view()])  # join key from the schema's entity column
+    assert spec.join_key == "user_id"
+    assert spec.push_source == "adhoc_push"
+
+
+def test_tumbling_when_no_slide_and_session_ignores_slide():
+    (f,) = compile_view(view(agg(slide=None)))
+    assert (f.kind, f.window_us, f.slide_us) == ("sliding", 10 * MIN_US, 10 * MIN_US)
+    (s,) = compile_view(view(agg(), tags={"feast_bytewax.window": " Session "}))
+    assert (s.kind, s.window_us, s.slide_us) == ("session", 10 * MIN_US, 0)
+
+
+def test_default_feature_name_is_feasts():
+    a = agg(name="", function="sum", column="amount", window=timedelta(hours=2))
+    (f,) = compile_view(view(a, schema=[Field(name="sum_amount_7200s", dtype=Float64)]))
+    assert (f.name, f.function, f.column, f.dtype) == ("sum_amount_7200s", "sum", "amount",
+                                                       "float64")
+
+
+def test_aliases_compile_to_canonical_function_names():
+    a1 = agg(name="avg_a", function="avg", column="amount")
+    a2 = agg(name="nu_c", function="nunique", column="category")
+    specs = compile_view(view(a1, a2))
+    assert [f.function for f in specs] == ["mean", "count_distinct"]
+
+
+def test_filter_tag_and_options_are_compiled():
+    tags = {
+        "feast_bytewax.filter": " event_type = purchase|view , category=books ",
+        "feast_bytewax.hll_lg_k": "10",
+        "unrelated": "x",
+    }
+    a = agg(name="cats", function="approx_count_distinct", column="category")
+    (f,) = compile_view(view(a, tags=tags))
+    assert f.where == (("category", frozenset({"books"})),
+                       ("event_type", frozenset({"purchase", "view"})))
+    assert f.options == (("hll_lg_k", "10"),)
+    assert make_aggregator(f.function, dict(f.options)).lg_k == 10
+
+
+def test_parse_filter_empty_means_no_filter():
+    assert parse_filter("", "v") == ()
+    assert parse_filter(" , ", "v") == ()
+
+
+# ---------------------------------------------------------------- errors with clear messages
+
+def test_unknown_function_lists_the_valid_names():
+    with pytest.raises(SpecError) as err:
+        compile_view(view(agg(function="median")))
+    message = str(err.value)
+    assert "'median'" in message and "'adhoc'" in message and "'n_10m'" in message
+    for valid in [*REGISTRY, *ALIASES]:
+        assert repr(valid) in message, valid
+    assert "'approx_count_distinct'" in message
+
+
+@pytest.mark.parametrize(("window", "slide"), [
+    (timedelta(minutes=10), timedelta(minutes=3)),
+    (timedelta(minutes=10), timedelta(minutes=20)),
+    (timedelta(hours=1), timedelta(seconds=7)),
+    (timedelta(minutes=10), timedelta(minutes=-1)),
+])
+def test_slide_must_divide_window(window, slide):
+    with pytest.raises(SpecError, match=r"'adhoc'.*'n_10m'.*slide_interval .* must divide"):
+        compile_view(view(agg(window=window, slide=slide)))
+
+
+def test_slide_dividing_window_is_fine():
+    (f,) = compile_view(view(agg(window=timedelta(hours=1), slide=timedelta(seconds=90))))
+    assert (f.window_us, f.slide_us) == (HOUR_US, 90 * 1_000_000)
+
+
+@pytest.mark.parametrize("window", [None, timedelta(0), timedelta(minutes=-5)])
+def test_window_must_be_positive(window):
+    with pytest.raises(SpecError, match="time_window must be a positive timedelta"):
+        compile_view(view(agg(window=window, slide=None)))
+
+
+@pytest.mark.parametrize("kind", ["tumbling", "hopping", "sesion", ""])
+def test_bad_window_tag(kind):
+    with pytest.raises(SpecError, match=r"'adhoc'.*feast_bytewax\.window.*sliding.*session"):
+        compile_view(view(tags={"feast_bytewax.window": kind}))
+
+
+@pytest.mark.parametrize("text", [
+    "event_type", "event_type=", "=purchase", "event_type=|", "event_type=purchase,category",
+    "event_type:purchase",
+])
+def test_malformed_filter_tag(text):
+    with pytest.raises(SpecError, match=r"'adhoc'.*feast_bytewax\.filter.*column=value"):
+        compile_view(view(tags={"feast_bytewax.filter": text}))
+
+
+def test_aggregation_name_missing_from_schema():
+    a = agg(name="orders_10m")
+    with pytest.raises(SpecError, match=r"'adhoc'.*no field 'orders_10m' in the view schema"):
+        compile_view(view(a, schema=[Field(name="other", dtype=Int64)]))
+
+
+def test_empty_column():
+    with pytest.raises(SpecError, match=r"Aggregation\.column is empty"):
+        compile_view(view(agg(column="")))
+
+
+def test_bad_sketch_option_fails_at_compile_time():
+    a = agg(name="cats", function="approx_count_distinct", column="category")
+    with pytest.raises(SpecError, match=r"'adhoc'.*'cats'.*hll_lg_k"):
+        compile_view(view(a, tags={"feast_bytewax.hll_lg_k": "30"}))
+
+
+def test_duplicate_feature_names_across_views():
+    v1 = view(agg(name="dup_10m"), name="first")
+    v2 = view(agg(name="dup_10m", function="sum", column="amount"), name="second")
+    v3 = view(agg(name="unique_10m"), name="third")
+    with pytest.raises(SpecError, match=r"unique across views.*\['dup_10m'\]"):
+        compile_views([v1, v2, v3])
+    assert compile_views([v1, v3]).feature_names == ("dup_10m", "unique_10m")
+
+
+def test_views_must_share_one_push_source():
+    other = PushSource(name="other_push", batch_source=repo_sources.user_features_batch)
+    v1 = view(agg(name="a_10m"), name="first")
+    v2 = view(agg(name="b_10m"), name="second", source=other)
+    with pytest.raises(SpecError, match=r"share one push source.*adhoc_push.*other_push"):
+        compile_views([v1, v2])
+
+
+def test_views_of_several_entities_need_a_join_key():
+    account = Entity(name="account", join_keys=["account_id"], value_type=ValueType.STRING)
+    v1 = view(agg(name="a_10m"), name="users")
+    v2 = StreamFeatureView(
+        name="accounts", source=push, entities=[account], ttl=timedelta(0),
+        timestamp_field="event_timestamp",
+        schema=[Field(name="account_id", dtype=String), Field(name="b_10m", dtype=Int64)],
+        aggregations=[agg(name="b_10m")],
+    )
+    with pytest.raises(SpecError, match="several or composite join keys"):
+        compile_views([v1, v2])
+    assert compile_views([v1, v2], "account_id").feature_names == ("b_10m",)
+    assert compile_views([v1, v2], "user_id").feature_names == ("a_10m",)
