@@ -242,7 +242,7 @@ class FeatureLogBuffer:
             data[REQUEST_ID_FIELD].extend([rid] * n)
             seen = set()
             for name, vec in zip(names, proto.results, strict=True):
-                if name in cols.entity_fields:
+                if name in cols.entity_fields and name not in seen:
                     data[name].extend(_value(v) for v in vec.values)
                     seen.add(name)
                     continue
@@ -291,7 +291,8 @@ _BUFFERS: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_all_at_exit() -> None:
+def flush_all() -> None:
+    """Flush every logging provider of this process (also run at exit)."""
     for buf in list(_BUFFERS):
         try:
             if buf._pid == os.getpid():
