@@ -56,3 +56,9 @@ def feast_repo_dir(tmp_path: Path) -> Path:
     folder does not exist yet. Open it with `FeatureStore(repo_path=str(feast_repo_dir))`.
     """
     return make_feast_repo(tmp_path / "feast_repo_copy")
+
+
+# --- Kafka: librdkafka's mock cluster (tests/services.py) -----------------------------------
+
+KAFKA_FIXTURES = ("kafka_mock",)
+from tests.services import kafka_mock  # noqa: E402, F401

@@ -38,3 +38,31 @@ class FlowConfig(BaseModel):
             allowed_lateness=round(self.allowed_lateness_s * US_PER_S),
             clock=clock,
         )
+
+
+# FlowConfig field -> FEAST_BYTEWAX_* variable (for `python -m bytewax.run dataflows.*`).
+ENV_FIELDS = {
+    "repo_path": "REPO",
+    "shards": "SHARDS",
+    "watermark_delay_s": "WATERMARK_DELAY",
+    "allowed_lateness_s": "ALLOWED_LATENESS",
+    "max_future_s": "MAX_FUTURE",
+    "batch_size": "BATCH_SIZE",
+    "flush_rows": "FLUSH_ROWS",
+    "flush_interval_s": "FLUSH_INTERVAL",
+    "dead_letter_path": "DEAD_LETTERS",
+}
+
+
+def flow_config_from_env(environ) -> FlowConfig:
+    """`FlowConfig` from ``FEAST_BYTEWAX_<NAME>`` variables (`ENV_FIELDS`; unset ones keep
+    their defaults) plus ``FEAST_BYTEWAX_NO_ONLINE`` / ``FEAST_BYTEWAX_NO_OFFLINE`` = 1."""
+    values: dict = {}
+    for name, var in ENV_FIELDS.items():
+        raw = environ.get("FEAST_BYTEWAX_" + var, "").strip()
+        if raw:
+            values[name] = raw  # pydantic converts and validates
+    for name, var in (("write_online", "NO_ONLINE"), ("write_offline", "NO_OFFLINE")):
+        if environ.get("FEAST_BYTEWAX_" + var, "").strip().lower() in ("1", "true", "yes"):
+            values[name] = False
+    return FlowConfig(**values)

@@ -23,8 +23,16 @@ from feast_bytewax.timeutil import US_PER_S, utc_now_us
 from feast_bytewax.validate import validate_item
 
 
-def make_validator(cfg: FlowConfig, stats: FlowStats, clock: Callable[[], int] = utc_now_us):
-    """Batch validator: `(payload, origin)` -> Event | Rejected, counting both."""
+def make_validator(
+    cfg: FlowConfig,
+    stats: FlowStats,
+    clock: Callable[[], int] = utc_now_us,
+    observe: Callable[[list, int], None] | None = None,
+):
+    """Batch validator: `(payload, origin)` -> Event | Rejected, counting both.
+
+    `observe(batch, now_us)`, if given, sees every validated batch (live runs record event
+    arrival times with it, for the freshness-since-arrival metric)."""
     max_future = round(cfg.max_future_s * US_PER_S)
 
     def validate(batch: list[tuple[Any, str]]) -> list[Event | Rejected]:
@@ -32,6 +40,8 @@ def make_validator(cfg: FlowConfig, stats: FlowStats, clock: Callable[[], int] =
         out = [validate_item(p, o, now, max_future) for p, o in batch]
         rejected = sum(1 for x in out if type(x) is Rejected)
         stats.add(consumed=len(out), rejected=rejected)
+        if observe is not None:
+            observe(out, now)
         return out
 
     return validate
@@ -46,17 +56,19 @@ def build_flow(
     dead_letter_sink: Sink,
     stats: FlowStats,
     clock: Callable[[], int] | None = None,
+    observe: Callable[[list, int], None] | None = None,
 ) -> Dataflow:
     """Wire one entity's feature pipeline.
 
     `clock` None means replay (event time only); live runs pass a wall clock so idle keys
     still decay. Feature rows reach `feature_sink` as `(shard, FeatureRow)`; rejected and
-    late records reach `dead_letter_sink` as `(shard_or_"input", record)`.
+    late records reach `dead_letter_sink` as `(shard_or_"input", record)`. `observe`: see
+    `make_validator`.
     """
     shards = cfg.shards
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
-    checked = op.flat_map_batch("validate", raw, make_validator(cfg, stats))
+    checked = op.flat_map_batch("validate", raw, make_validator(cfg, stats, observe=observe))
     valid = op.branch("split_valid", checked, lambda x: type(x) is Event)
     events = valid.trues
     rejected = op.map("tag_rejected", valid.falses, lambda r: ("input", r))

@@ -23,9 +23,14 @@ Decisions where the spec leaves room (each one is table-tested in tests/unit/tes
   without a time or a time without an offset is ``naive_timestamp``. Other strings are
   ``bad_timestamp``; a non-string is ``bad_type``. In records (parquet rows) the timestamp
   may also be a tz-aware ``datetime`` / ``pandas.Timestamp``; naive ones are rejected.
-- A timestamp more than ``max_future_us`` after ``now_us`` is ``future_timestamp``. There is
-  no lower bound (replays of old data are legitimate).
+- A timestamp more than ``max_future_us`` after ``now_us`` is ``future_timestamp``. The only
+  lower bound is technical: a time before 1900-01-01 (`MIN_EVENT_US`) is ``bad_timestamp``
+  (replays of old data are legitimate, but Feast's SQLite online store cannot write a row
+  stamped in year 1, and such a failure would stop the whole flow).
 - Unknown extra fields are ignored.
+- A string field holding a lone surrogate (a ``\\ud800`` escape, or CESU-style bytes that
+  ``json.loads`` decodes with ``surrogatepass``) is not valid Unicode text: ``bad_json``.
+  Accepting it would crash the flow later (UTF-8 encoding of the key for routing, Feast).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
+MIN_EVENT_US = -2_208_988_800_000_000  # 1900-01-01T00:00:00Z
 _fromisoformat = datetime.fromisoformat
 _loads = json.loads
 _isfinite = math.isfinite
@@ -155,6 +161,17 @@ def _check_event_id(v: Any) -> str | None:
     return f"bad_type: event_id must be an int or a string, got {_type_name(v)}"
 
 
+def _utf8_ok(s: str) -> bool:
+    """False for a str holding a lone surrogate (it cannot be encoded as UTF-8)."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
     """Find the (first) reason a record fails. Only called when the fast path failed."""
     for f in FIELDS:
@@ -163,6 +180,10 @@ def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
             if f == "category" and rec.get("event_type") in _LOGIN_TYPES:
                 continue
             return f"missing_field: {f}" + (" is null" if f in rec else "")
+    for f in ("event_id", "user_id", "event_type", "category"):
+        v = rec.get(f)
+        if type(v) is str and not _utf8_ok(v):
+            return f"bad_json: {f} is not valid Unicode (lone surrogate)"
     eid = rec["event_id"]
     r = _check_event_id(eid)
     if r:
@@ -194,6 +215,9 @@ def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
     ts = parse_timestamp_us(rec["event_timestamp"])
     if type(ts) is not int:
         return ts
+    if ts < MIN_EVENT_US:
+        return (f"bad_timestamp: timestamp {str(rec['event_timestamp'])[:64]!r} is before "
+                "1900-01-01 (implausibly old)")
     if ts - now_us > max_future_us:
         return (
             f"future_timestamp: timestamp {rec['event_timestamp']} is in the future "
@@ -233,9 +257,14 @@ def _validate(rec: dict, payload: Any, origin: str, now_us: int, max_future_us: 
                 cat = "" if et in _LOGIN_TYPES else None
             elif type(cat) is not str:
                 cat = None
-            if cat is not None:
+            if (
+                cat is not None
+                and (uid.isascii() or _utf8_ok(uid))
+                and (cat.isascii() or _utf8_ok(cat))
+                and (te is int or eid.isascii() or _utf8_ok(eid))
+            ):
                 us = parse_timestamp_us(ts)
-                if type(us) is int and us - now_us <= max_future_us:
+                if type(us) is int and us >= MIN_EVENT_US and us - now_us <= max_future_us:
                     return Event(eid, uid, et, amt, cat, us, origin)
     # Slow path: lenient types (numpy ints from records) or a real rejection.
     reason = _slow_reject(rec, now_us, max_future_us)

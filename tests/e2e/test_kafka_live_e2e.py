@@ -1,0 +1,363 @@
+"""The live flow on librdkafka's mock Kafka cluster: generated events as JSON messages (key =
+user_id) -> `feast-bytewax run` -> Feast (SQLite online, parquet-folder offline), checked row
+by row against the brute-force reference (tests/reference.py); rejected input and late
+events in their Kafka topics with their partition/offset and the original bytes.
+
+Arrival order is only defined per Kafka partition, so:
+- the four-partition run uses a watermark delay longer than the whole stream: no event can be
+  late whatever the interleaving, and every row is exactly the reference's;
+- the late-event run puts every message on one partition, so the arrival order is the
+  produced order and `reference.arrival_model` (per-shard watermarks) predicts the late set.
+
+Every run stops by itself (`--max-events`, with `--idle-exit` as a backstop) and has a
+subprocess timeout or a bounded input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from feast_bytewax.config import FlowConfig
+from feast_bytewax.generate import generate_events
+from feast_bytewax.kafka import read_dead_letter_topic
+from feast_bytewax.live import LiveOptions, run_live
+from feast_bytewax.routing import shard_of
+from feast_bytewax.timeutil import to_us
+from tests import reference as ref
+from tests.conftest import make_feast_repo
+
+pytestmark = pytest.mark.e2e
+
+SPEC = ref.shipped_spec()
+NAMES = SPEC.feature_names
+OFFLINE = Path("data/offline/user_features")
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+
+def as_json(e: dict) -> bytes:
+    return json.dumps({**e, "event_timestamp": e["event_timestamp"].isoformat()}).encode()
+
+
+def as_ref(e: dict) -> dict:
+    return {**e, "event_timestamp": to_us(e["event_timestamp"])}
+
+
+def stream(n: int, users: int, seed: int, **kw) -> list[dict]:
+    """Generated events ending ~3 minutes ago (the live flow rejects future times)."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=45)
+    return list(generate_events(n, users, start=start, duration=timedelta(minutes=40),
+                                seed=seed, **kw))
+
+
+def missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def close(a, b) -> bool:
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+
+
+def offline_rows(repo: Path) -> dict[str, list[tuple[int, tuple]]]:
+    """Every row the offline store holds, per key, in time order (values in NAMES order)."""
+    df = pq.read_table(repo / OFFLINE).to_pandas()
+    out: dict[str, list[tuple[int, tuple]]] = {}
+    ts = df["event_timestamp"].astype("datetime64[us, UTC]").astype("int64").tolist()
+    cols = [df[n].astype(object).where(df[n].notna(), None).tolist() for n in NAMES]
+    for i, key in enumerate(df["user_id"].tolist()):
+        out.setdefault(key, []).append((ts[i], tuple(c[i] for c in cols)))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def check_rows(repo: Path, events: list[dict], visible=None) -> int:
+    """Offline rows == the reference's change points up to the newest event time; rows after
+    it (the wall clock moved the watermark further) hold the reference's value. Returns the
+    number of rows checked."""
+    end = max(e["event_timestamp"] for e in events)
+    got = offline_rows(repo)
+    want = ref.expected_rows(SPEC, events, end, visible)
+    got_upto = {k: [r for r in rows if r[0] <= end] for k, rows in got.items()}
+    got_upto = {k: v for k, v in got_upto.items() if v}
+    assert sorted(got_upto) == sorted(want), "keys with rows differ from the reference"
+    n = 0
+    for key, rows in want.items():
+        mine = got_upto[key]
+        assert [t for t, _ in mine] == [t for t, _ in rows], f"row times of {key}"
+        for (t, a), (_, b) in zip(mine, rows, strict=True):
+            assert all(close(x, y) for x, y in zip(a, b, strict=True)), (key, t, a, b)
+            n += 1
+    for key, rows in got.items():
+        for t, values in rows:
+            if t > end:
+                expect = ref.value_at(SPEC, events, key, t, visible)
+                assert all(close(x, y) for x, y in zip(values, expect, strict=True)), (key, t)
+                n += 1
+    for rows in got.values():  # per key, row timestamps strictly increase
+        stamps = [t for t, _ in rows]
+        assert stamps == sorted(set(stamps))
+    return n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def summary_numbers(line: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+
+
+# ---------------------------------------------------------------------------------------
+# Four partitions, the real command
+# ---------------------------------------------------------------------------------------
+
+
+def test_cli_run_over_four_partitions_equals_reference(kafka_mock, tmp_path):
+    repo = make_feast_repo(tmp_path / "repo")
+    topic, dlq = kafka_mock.new_topic("events"), kafka_mock.new_topic("dlq")
+    events = stream(3000, 80, seed=21, late_fraction=0.0, jitter_s=1.0)
+    where = kafka_mock.produce(topic, [(e["user_id"].encode(), as_json(e), None)
+                                       for e in events])
+    assert len({p for p, _ in where}) == 4  # keyed by user over the topic's 4 partitions
+    proc = subprocess.run(
+        [sys.executable, "-m", "feast_bytewax.cli", "run",
+         "--source", f"kafka://{kafka_mock.bootstrap}/{topic}", "--repo", str(repo),
+         "--shards", "4", "--watermark-delay", "7200", "--allowed-lateness", "0",
+         "--batch-size", "100", "--dead-letter-topic", dlq, "--quiet",
+         "--max-events", str(len(events)), "--idle-exit", "30"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = proc.stdout.strip().splitlines()[0]
+    nums = summary_numbers(line)
+    assert nums["consumed"] == nums["processed"] == len(events), line
+    assert nums["late"] == nums["rejected"] == 0, line
+    assert f"read {len(events)} records" in line  # stopped by --max-events, not idling
+    n = check_rows(repo, [as_ref(e) for e in events])
+    assert n == nums["rows"] == nums["pushed_offline"]
+    assert read_dead_letter_topic([kafka_mock.bootstrap], dlq) == []
+
+
+# ---------------------------------------------------------------------------------------
+# One partition: late events, wall clock, metrics, freshness SLO
+# ---------------------------------------------------------------------------------------
+
+DELAY_S = 5.0
+WALL_SLACK_S = 3.0  # the live watermark also moves with the wall clock between batches
+
+
+def test_one_partition_late_events_metrics_and_slo(kafka_mock, tmp_path, caplog):
+    repo = make_feast_repo(tmp_path / "repo")
+    topic = kafka_mock.new_topic("events")
+    dlq, late_topic = kafka_mock.new_topic("dlq"), kafka_mock.new_topic("late")
+    events = stream(2500, 40, seed=5, late_fraction=0.04, jitter_s=0.2,
+                    late_delay_s=(60.0, 300.0))
+    where = kafka_mock.produce(topic, [(e["user_id"].encode(), as_json(e), 0) for e in events])
+    assert [o for _, o in where] == list(range(len(events)))
+    port = free_port()
+    opts = LiveOptions(
+        source=f"kafka://{kafka_mock.bootstrap}/{topic}",
+        cfg=FlowConfig(repo_path=repo, shards=4, watermark_delay_s=DELAY_S,
+                       allowed_lateness_s=0.0, batch_size=50),
+        dead_letter_topic=dlq, late_topic=late_topic, metrics_port=port,
+        freshness_slo_s=1.0, max_events=len(events), idle_exit_s=30.0,
+    )
+    caplog.set_level("INFO")
+    result = run_live(opts)
+    stats = result.stats
+    assert stats.consumed == len(events) and stats.rejected == 0
+    assert stats.balanced(), stats.summary()
+    assert stats.late > 0
+
+    # Late events: in the late topic, each with the partition/offset it was read from.
+    dead = read_dead_letter_topic([kafka_mock.bootstrap], late_topic)
+    assert read_dead_letter_topic([kafka_mock.bootstrap], dlq) == []
+    assert len(dead) == stats.late and {d["kind"] for d in dead} == {"late"}
+    late_idx = set()
+    for d in dead:
+        assert d["topic"] == topic and d["partition"] == "0"
+        i = int(d["offset"])
+        assert d["record"]["event"]["event_id"] == events[i]["event_id"]
+        assert d["origin"] == f"{topic}/0/{i}" and d["code"] and d["reason"]
+        late_idx.add(i)
+    # ... and the ones the per-shard watermark model predicts (the wall clock may add a few
+    # seconds to the watermark: bounded by the model with a shorter delay).
+    good = [as_ref(e) for e in events]
+    group = lambda u: shard_of(u, 4)  # noqa: E731
+    _, strict = ref.arrival_model(good, int(DELAY_S * 1e6), 0, group_of=group)
+    _, loose = ref.arrival_model(good, int((DELAY_S - WALL_SLACK_S) * 1e6), 0, group_of=group)
+    assert strict <= late_idx <= loose
+    assert len(strict) > 0.5 * 0.04 * len(events)
+
+    # Rows: exactly the reference with those events left out.
+    visible = {i: (None if i in late_idx else e["event_timestamp"]) for i, e in enumerate(good)}
+    assert check_rows(repo, good, visible) == stats.rows
+
+    # Freshness: events are minutes old, so the 1 s SLO is breached, loudly.
+    assert result.slo_breaches >= 1 and result.freshness_p99_s > 60
+    assert any("FRESHNESS SLO BREACH" in r.getMessage() for r in caplog.records)
+
+    # Prometheus: counters, freshness histogram, Bytewax's per-partition lag.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for name in ("feast_bytewax_consumed_total", "feast_bytewax_late_total",
+                 "feast_bytewax_rows_online_total", "feast_bytewax_push_seconds_count",
+                 "feast_bytewax_freshness_seconds_count",
+                 "feast_bytewax_freshness_since_arrival_seconds_count",
+                 "feast_bytewax_freshness_slo_breaches_total",
+                 'feast_bytewax_dead_letters_produced_total{kind="late"}'):
+        assert re.search(rf"^{re.escape(name)}\S* [1-9]", text, re.M), name
+    lag = re.findall(r'^feast_bytewax_kafka_lag{(.*)} (\S+)$', text, re.M)
+    lag = {labels: float(v) for labels, v in lag if f'topic="{topic}"' in labels}
+    assert len(lag) == 4 and set(lag.values()) == {0.0}  # every partition read to its end
+    assert result.stop_reason == f"read {len(events)} records (max {len(events)})"
+
+
+# ---------------------------------------------------------------------------------------
+# Malformed input and poison messages
+# ---------------------------------------------------------------------------------------
+
+
+def bad_messages(now: datetime) -> list[tuple[str, bytes | None]]:
+    """(expected reason code, raw value) of every kind of bad input."""
+    ok = {"event_id": 1, "user_id": "u_bad", "event_type": "purchase", "amount": 12.5,
+          "category": "books", "event_timestamp": (now - timedelta(minutes=5)).isoformat()}
+
+    def variant(**kw) -> bytes:
+        d = {**ok, **kw}
+        return json.dumps({k: v for k, v in d.items() if v is not ...}).encode()
+
+    return [
+        ("bad_json", variant()[:30]),
+        ("not_object", b"[1, 2, 3]"),
+        ("missing_field", variant(user_id=...)),
+        ("missing_field", variant(amount=None)),
+        ("bad_type", variant(amount="12.5")),
+        ("bad_type", variant(event_id=1.5)),
+        ("bad_type", variant(user_id=42)),
+        ("empty_field", variant(user_id="")),
+        ("unknown_event_type", variant(event_type="click")),
+        ("negative_amount", variant(amount=-3.0)),
+        ("non_finite_amount", variant()[:-1] + b', "amount": NaN}'),
+        ("naive_timestamp", variant(event_timestamp="2026-11-25T10:00:00")),
+        ("future_timestamp", variant(event_timestamp=(now + timedelta(days=3650)).isoformat())),
+        ("bad_timestamp", variant(event_timestamp="not-a-time")),
+        ("bad_timestamp", variant(event_timestamp="0001-01-01T00:00:00+00:00")),
+        # poison: not text, lone surrogates (used to crash routing), tombstone, empty, deep
+        ("bad_json", b"\xff\xfe" + variant()),
+        ("bad_json", variant(user_id="\ud800")),
+        ("bad_json", variant().replace(b'"u_bad"', b'"\xed\xa0\x80"')),
+        ("bad_json", None),
+        ("bad_json", b""),
+        ("bad_json", b"[" * 100_000),
+    ]
+
+
+def test_malformed_input_is_dead_lettered_and_nothing_is_lost(kafka_mock, tmp_path):
+    repo = make_feast_repo(tmp_path / "repo")
+    topic, dlq = kafka_mock.new_topic("events"), kafka_mock.new_topic("dlq")
+    good = stream(600, 30, seed=9, late_fraction=0.0)
+    bad = bad_messages(datetime.now(UTC))
+    items = [(e["user_id"].encode(), as_json(e), None) for e in good[:300]]
+    items += [(b"u_bad", value, i % 4) for i, (_, value) in enumerate(bad[:10])]
+    # The rest of the bad ones in the middle of partition 2, good events on both sides.
+    items += [(e["user_id"].encode(), as_json(e), 2) for e in good[300:450]]
+    items += [(b"u_bad", value, 2) for _, value in bad[10:]]
+    items += [(e["user_id"].encode(), as_json(e), 2) for e in good[450:]]
+    where = kafka_mock.produce(topic, items)
+    bad_at = {}  # (partition, offset) -> (code, value)
+    n_good = 0
+    for (_, value, _), pos in zip(items, where, strict=True):
+        code = next((c for c, v in bad if v is value), None)
+        if code is None:
+            n_good += 1
+        else:
+            bad_at[pos] = (code, value)
+    assert len(bad_at) == len(bad) and n_good == len(good)
+
+    opts = LiveOptions(
+        source=f"kafka://{kafka_mock.bootstrap}/{topic}",
+        cfg=FlowConfig(repo_path=repo, shards=4, watermark_delay_s=7200.0),
+        dead_letter_topic=dlq, max_events=len(items), idle_exit_s=30.0,
+    )
+    result = run_live(opts)
+    stats = result.stats
+    assert stats.consumed == len(items)
+    assert stats.consumed == stats.processed + stats.late + stats.rejected
+    assert (stats.processed, stats.late, stats.rejected) == (len(good), 0, len(bad))
+
+    dead = read_dead_letter_topic([kafka_mock.bootstrap], dlq)
+    assert len(dead) == len(bad)
+    seen = set()
+    for d in dead:
+        pos = (int(d["partition"]), int(d["offset"]))
+        assert pos in bad_at and pos not in seen, d
+        seen.add(pos)
+        code, value = bad_at[pos]
+        assert d["kind"] == "rejected" and d["topic"] == topic
+        assert d["origin"] == f"{topic}/{pos[0]}/{pos[1]}"
+        assert d["code"] == code, (d["reason"], value[:80] if value else value)
+        assert d["reason"].startswith(code + ":")
+        assert d["value"] == value  # the original bytes, exactly (None for a tombstone)
+        assert d["key"] == f"{topic}/{pos[0]}".encode()
+    # The good events around the poison were all processed: the rows are the reference's.
+    assert check_rows(repo, [as_ref(e) for e in good]) == stats.rows
+
+
+# ---------------------------------------------------------------------------------------
+# Bytewax's own runner: python -m bytewax.run dataflows.live / dataflows.replay
+# ---------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bytewax_runner_entry_points(kafka_mock, tmp_path):
+    import os
+
+    live_repo = make_feast_repo(tmp_path / "live")
+    replay_repo = make_feast_repo(tmp_path / "replay")
+    topic, dlq = kafka_mock.new_topic("events"), kafka_mock.new_topic("dlq")
+    events = stream(800, 25, seed=33, late_fraction=0.0)
+    kafka_mock.produce(topic, [(e["user_id"].encode(), as_json(e), None) for e in events]
+                       + [(b"x", b"{oops", 1)])
+    env = {**os.environ, "FEAST_BYTEWAX_SOURCE": f"kafka://{kafka_mock.bootstrap}/{topic}",
+           "FEAST_BYTEWAX_REPO": str(live_repo), "FEAST_BYTEWAX_SHARDS": "4",
+           "FEAST_BYTEWAX_WATERMARK_DELAY": "7200", "FEAST_BYTEWAX_DEAD_LETTER_TOPIC": dlq,
+           "FEAST_BYTEWAX_MAX_EVENTS": str(len(events) + 1), "FEAST_BYTEWAX_IDLE_EXIT": "30"}
+    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.live", "-s", "1"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_rows(live_repo, [as_ref(e) for e in events])
+    dead = read_dead_letter_topic([kafka_mock.bootstrap], dlq)
+    assert [(d["code"], d["value"]) for d in dead] == [("bad_json", b"{oops")]
+
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(as_json(e).decode() + "\n" for e in events))
+    env = {**os.environ, "FEAST_BYTEWAX_EVENTS": str(path), "FEAST_BYTEWAX_SHARDS": "4",
+           "FEAST_BYTEWAX_REPO": str(replay_repo)}
+    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.replay", "-s", "30"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    good = [as_ref(e) for e in events]
+    visible, late = ref.arrival_model(good, 5_000_000, 600_000_000,
+                                      group_of=lambda u: shard_of(u, 4))
+    assert not late
+    check_rows(replay_repo, good, visible)

@@ -1,0 +1,402 @@
+"""kafka.py and live.py without a broker (except two bounded failure cases on a dead port):
+URL and option parsing, stop conditions, the partition adapter (origins, error policy, the
+resume-offset fix, exact raw bytes), dead-letter messages, acknowledged delivery, the
+freshness SLO monitor and recorder, and the validator's poison cases."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
+from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import KafkaError as CKError
+
+from feast_bytewax import kafka as kf
+from feast_bytewax.events import Event, FeatureRow, Late, Rejected
+from feast_bytewax.live import FreshnessRecorder, LiveOptions, options_from_env
+from feast_bytewax.metrics import FreshnessSLO
+from feast_bytewax.validate import validate_item
+
+# ---------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------
+
+
+def test_parse_kafka_url():
+    assert kf.parse_kafka_url("kafka://a:9092/events") == (["a:9092"], "events")
+    assert kf.parse_kafka_url("kafka://a:1,b.example:9093/my.topic_x") == (
+        ["a:1", "b.example:9093"], "my.topic_x")
+    for bad in ("redis://a:1/t", "kafka://a:1/", "kafka:///t", "kafka://a/t", "kafka://a:x/t",
+                "kafka://a:1/t/u", "kafka://a:1/t?security.protocol=SSL"):
+        with pytest.raises(ValueError):
+            kf.parse_kafka_url(bad)
+
+
+def test_kafka_options_from_env_and_cli():
+    env = {"FEAST_BYTEWAX_KAFKA_OPT_SECURITY_PROTOCOL": "SASL_SSL",
+           "FEAST_BYTEWAX_KAFKA_OPT_SASL_PASSWORD": "s3cr=t", "OTHER": "x",
+           "FEAST_BYTEWAX_KAFKA_OPT_SASL_MECHANISM": "PLAIN"}
+    opts = kf.kafka_options(["sasl.mechanism=SCRAM-SHA-512", "ssl.ca.location=/a=b.pem"], env)
+    assert opts == {"security.protocol": "SASL_SSL", "sasl.password": "s3cr=t",
+                    "sasl.mechanism": "SCRAM-SHA-512", "ssl.ca.location": "/a=b.pem"}
+    assert kf.redact(opts)["sasl.password"] == "***"
+    with pytest.raises(ValueError):
+        kf.kafka_options(["novalue"], {})
+
+
+def test_live_options_validate_and_come_from_env(tmp_path):
+    with pytest.raises(ValueError):
+        LiveOptions(source="kafka://h:1")
+    with pytest.raises(ValueError):
+        LiveOptions(source="kafka://h:1/t", start_from="middle")
+    with pytest.raises(ValueError):
+        LiveOptions(source="kafka://h:1/t", late_topic="late")  # needs a dead-letter topic
+    opts = options_from_env({
+        "FEAST_BYTEWAX_SOURCE": "kafka://h:1,h:2/ev", "FEAST_BYTEWAX_REPO": str(tmp_path),
+        "FEAST_BYTEWAX_SHARDS": "8", "FEAST_BYTEWAX_START_FROM": "latest",
+        "FEAST_BYTEWAX_DEAD_LETTER_TOPIC": "dlq", "FEAST_BYTEWAX_FRESHNESS_SLO": "2.5",
+        "FEAST_BYTEWAX_KAFKA_OPT_SECURITY_PROTOCOL": "SSL", "FEAST_BYTEWAX_IDLE_EXIT": "3",
+        "FEAST_BYTEWAX_STOP_AT_END": "1",
+    })
+    assert (opts.cfg.repo_path, opts.cfg.shards, opts.start_from) == (tmp_path, 8, "latest")
+    assert (opts.dead_letter_topic, opts.freshness_slo_s, opts.idle_exit_s) == ("dlq", 2.5, 3.0)
+    assert opts.kafka_options == {"security.protocol": "SSL"} and opts.stop_at_end
+    with pytest.raises(ValueError):
+        options_from_env({})
+
+
+def test_run_arguments_parse():
+    from feast_bytewax.cli import build_parser
+    from feast_bytewax.live import options_from_args
+
+    args = build_parser().parse_args([
+        "run", "--source", "kafka://h:1/ev", "--kafka-option", "a.b=1", "--kafka-option",
+        "c=2", "--start-from", "latest", "--dead-letter-topic", "d", "--late-topic", "l",
+        "--freshness-slo", "3", "--max-events", "10", "--idle-exit", "2", "--shards", "4",
+        "--epoch-interval", "0.5",
+    ])
+    opts = options_from_args(args, environ={})
+    assert opts.kafka_options == {"a.b": "1", "c": "2"}
+    assert (opts.start_from, opts.dead_letter_topic, opts.late_topic) == ("latest", "d", "l")
+    assert (opts.freshness_slo_s, opts.max_events, opts.idle_exit_s) == (3.0, 10, 2.0)
+    assert (opts.cfg.shards, opts.epoch_interval_s) == (4, 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# Stop conditions
+# ---------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_stop_control_max_events_idle_and_request():
+    c = Clock()
+    s = kf.StopControl(max_events=5, clock=c)
+    assert not s.should_stop()
+    s.note(3)
+    assert not s.should_stop()
+    s.note(2)
+    assert s.should_stop() and s.reason == "read 5 records (max 5)"
+
+    s = kf.StopControl(idle_exit_s=2.0, clock=c)
+    c.t += 100  # start-up time does not count as idle: armed by the first poll
+    assert not s.should_stop()
+    c.t += 1.5
+    s.note(1)
+    c.t += 1.9
+    assert not s.should_stop()
+    c.t += 0.1
+    assert s.should_stop() and "2 s" in s.reason
+
+    s = kf.StopControl()
+    s.request_stop("signal SIGTERM")
+    s.request_stop("later")
+    assert s.should_stop() and s.reason == "signal SIGTERM"
+    with pytest.raises(ValueError):
+        kf.StopControl(idle_exit_s=0)
+
+
+# ---------------------------------------------------------------------------------------
+# The partition adapter
+# ---------------------------------------------------------------------------------------
+
+
+class FakeConsumer:
+    def __init__(self, high: int) -> None:
+        self.high = high
+
+    def get_watermark_offsets(self, tp, cached=False):
+        return (0, self.high)
+
+
+class FakeInner:
+    """Bytewax's `_KafkaSourcePartition` as far as the adapter uses it (including its habit
+    of taking the resume offset from the last item, errors included)."""
+
+    def __init__(self, batches, high: int = 0) -> None:
+        self.batches = list(batches)
+        self._offset = OFFSET_BEGINNING
+        self._consumer = FakeConsumer(high)
+        self.closed = False
+
+    def next_batch(self):
+        if not self.batches:
+            raise StopIteration
+        batch = self.batches.pop(0)
+        if batch:
+            self._offset = batch[-1].msg.offset + 1 if isinstance(batch[-1], KafkaError) \
+                else batch[-1].offset + 1
+        return batch
+
+    def snapshot(self):
+        return self._offset
+
+    def close(self):
+        self.closed = True
+
+
+def msg(offset: int, value, partition: int = 3) -> KafkaSourceMessage:
+    return KafkaSourceMessage(key=b"u1", value=value, topic="ev", offset=offset,
+                              partition=partition)
+
+
+def err(code: int, fatal: bool = False) -> KafkaError:
+    return KafkaError(CKError(code, "boom", fatal=fatal), msg(-1001, None))
+
+
+def part(batches, stop=None, high=0):
+    inner = FakeInner(batches, high)
+    book = kf._ErrorBook("ev")
+    p = kf._EventPartition(inner, "ev", 3, stop or kf.StopControl(), book)
+    return p, inner, book
+
+
+def test_partition_items_are_payload_and_topic_partition_offset():
+    p, inner, _ = part([[msg(7, b'{"a": 1}'), msg(8, b"x")], []], high=9)
+    assert p.next_batch() == [(b'{"a": 1}', "ev/3/7"), (b"x", "ev/3/8")]
+    assert p.snapshot() == 9 and p.lag == 0
+    assert p.next_batch() == [] and p.next_awake() is not None  # idle: back off
+    with pytest.raises(StopIteration):
+        p.next_batch()
+    p.close()
+    assert inner.closed
+
+
+def test_partition_counts_transient_errors_and_keeps_the_resume_offset(caplog):
+    p, _, book = part([[msg(7, b"a"), err(CKError._AUTO_OFFSET_RESET)],
+                           [err(CKError._TRANSPORT)]])
+    with caplog.at_level(logging.WARNING, logger="feast_bytewax.kafka"):
+        assert p.next_batch() == [(b"a", "ev/3/7")]
+        assert p.snapshot() == 8  # not -1000 (the error's offset + 1)
+        assert p.next_batch() == []
+        assert p.snapshot() == 8
+    assert book.counts == {"_AUTO_OFFSET_RESET": 1, "_TRANSPORT": 1}
+    assert any(r.levelno == logging.ERROR and "_AUTO_OFFSET_RESET" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("error", [
+    err(CKError._UNKNOWN_PARTITION), err(CKError.TOPIC_AUTHORIZATION_FAILED),
+    err(CKError._TRANSPORT, fatal=True),
+])
+def test_partition_fails_loudly_on_serious_errors(error):
+    p, _, _ = part([[msg(1, b"a"), error], [msg(2, b"b")]])
+    with pytest.raises(kf.KafkaSourceError, match="ev/3"):
+        p.next_batch()
+    with pytest.raises(kf.KafkaSourceError):  # and keeps failing
+        p.next_batch()
+
+
+def test_client_errors_fail_only_when_serious():
+    p, _, book = part([[msg(1, b"a")], [msg(2, b"b")]])
+    book.client_error(CKError(CKError._ALL_BROKERS_DOWN, "down"))
+    assert p.next_batch() == [(b"a", "ev/3/1")]
+    book.client_error(CKError(CKError._AUTHENTICATION, "bad password"))
+    with pytest.raises(kf.KafkaSourceError, match="_AUTHENTICATION"):
+        p.next_batch()
+
+
+def test_partition_stops_when_the_shared_control_says_so():
+    stop = kf.StopControl(max_events=2)
+    a, _, _ = part([[msg(1, b"a"), msg(2, b"b")], [msg(3, b"c")]], stop)
+    b, _, _ = part([[msg(1, b"z")]], stop)
+    assert len(a.next_batch()) == 2
+    with pytest.raises(StopIteration):
+        b.next_batch()  # the other partition stops too
+    with pytest.raises(StopIteration):
+        a.next_batch()
+
+
+def test_list_parts_fails_in_bounded_time_on_unreachable_brokers():
+    src = kf.KafkaEventSource(["127.0.0.1:1"], "ev", list_timeout_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(kf.KafkaSourceError, match="cannot list partitions"):
+        src.list_parts()
+    assert time.monotonic() - t0 < 10
+
+
+# ---------------------------------------------------------------------------------------
+# Dead letters
+# ---------------------------------------------------------------------------------------
+
+NOW = 1_795_000_000_000_000
+
+
+def rejected_from(value, origin: str) -> Rejected:
+    if value is None or not kf._utf8(value):
+        kf._stash_raw(origin, value)  # what the adapter does for such values
+    r = validate_item(value, origin, NOW, 300_000_000)
+    assert isinstance(r, Rejected)
+    return r
+
+
+@pytest.mark.parametrize("value", [
+    b'{"event_id": 1', b"\xff\xfe{}", None, b"", "{\"user_id\": \"\u00e9\"}".encode(),
+    b'{"event_id": 1, "user_id": "\xed\xa0\x80"}',
+])
+def test_rejected_dead_letter_carries_the_original_bytes_and_where_from(value):
+    r = rejected_from(value, "ev/2/41")
+    m = kf.dead_letter_message(r, "dlq", "late")
+    h = dict(m.headers)
+    assert m.value == value and m.topic == "dlq" and m.key == b"ev/2"
+    assert h["feast_bytewax.kind"] == b"rejected"
+    assert (h["feast_bytewax.topic"], h["feast_bytewax.partition"],
+            h["feast_bytewax.offset"]) == (b"ev", b"2", b"41")
+    assert h["feast_bytewax.reason"].decode().startswith(h["feast_bytewax.code"].decode() + ":")
+
+
+def test_late_dead_letter_is_an_envelope_on_the_late_topic():
+    ev = Event(5, "u7", "purchase", 3.5, "books", NOW - 600_000_000, "ev/0/12")
+    m = kf.dead_letter_message(Late(ev, "late: 600 s behind", NOW - 5_000_000), "dlq", "late")
+    h = dict(m.headers)
+    assert m.topic == "late" and m.key == b"u7"
+    assert h["feast_bytewax.kind"] == b"late" and h["feast_bytewax.offset"] == b"12"
+    body = json.loads(m.value)
+    assert body["event"]["event_id"] == 5 and body["origin"] == "ev/0/12"
+    assert kf.dead_letter_message(Late(ev, "late: x", NOW), "dlq").topic == "dlq"
+
+
+def test_non_kafka_origins_are_kept_as_is():
+    r = validate_item(b"nope", "events.jsonl:3", NOW, 0)
+    m = kf.dead_letter_message(r, "dlq")
+    assert m.key == b"events.jsonl:3" and "feast_bytewax.offset" not in dict(m.headers)
+
+
+def test_unacknowledged_dead_letters_fail_the_flow():
+    from confluent_kafka import Producer
+
+    part_ = kf._DeadLetterPartition(
+        Producer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300,
+                  "log_level": 0}), "dlq", None, timeout_s=5.0)
+    r = validate_item(b"nope", "ev/0/1", NOW, 0)
+    with pytest.raises(RuntimeError, match="not acknowledged"):
+        part_.write_batch([("input", r)])
+
+
+# ---------------------------------------------------------------------------------------
+# Validator poison cases (the flow must never crash on input)
+# ---------------------------------------------------------------------------------------
+
+GOOD = {"event_id": 1, "user_id": "u", "event_type": "view", "amount": 0.0, "category": "a",
+        "event_timestamp": "2026-11-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("patch,code", [
+    ({"user_id": "\ud800"}, "bad_json"),
+    ({"category": "a\udfff"}, "bad_json"),
+    ({"event_id": "\ud83d"}, "bad_json"),
+    ({"event_type": "vi\ud800ew"}, "bad_json"),
+    ({"event_timestamp": "0001-01-01T00:00:00+00:00"}, "bad_timestamp"),
+    ({"event_timestamp": "1899-12-31T23:59:59Z"}, "bad_timestamp"),
+])
+def test_poison_values_are_rejected(patch, code):
+    payload = json.dumps({**GOOD, **patch}).encode()  # \\ud800 escapes, valid JSON
+    r = validate_item(payload, "o", NOW, 300_000_000)
+    assert isinstance(r, Rejected) and r.reason.startswith(code + ":"), r
+    r.reason.encode("utf-8")  # printable anywhere: no lone surrogate in the reason
+
+
+def test_non_ascii_but_valid_text_is_accepted():
+    payload = json.dumps({**GOOD, "user_id": "j\u00fcrgen", "category": "\u6f22"}).encode()
+    assert isinstance(validate_item(payload, "o", NOW, 300_000_000), Event)
+    old = json.dumps({**GOOD, "event_timestamp": "1900-01-01T00:00:00Z"})
+    assert isinstance(validate_item(old, "o", NOW, 300_000_000), Event)
+
+
+# ---------------------------------------------------------------------------------------
+# Freshness
+# ---------------------------------------------------------------------------------------
+
+
+def test_slo_alerts_once_per_breach_and_recovers(caplog):
+    c = Clock(0.0)
+    slo = FreshnessSLO(2.0, window_s=60, check_every_s=5, realert_s=30, clock=c)
+    with caplog.at_level(logging.WARNING, logger="feast_bytewax.slo"):
+        slo.observe([0.5] * 1000)
+        assert not slo.breached and slo.last_p99 == 0.5
+        c.t = 10
+        slo.observe([5.0] * 5)  # 5 of 1005 > 2 s: p99 still 0.5
+        assert not slo.breached
+        c.t = 20
+        slo.observe([5.0] * 20)  # 25 of 1025 (2.4%) > 2 s: p99 = 5
+        assert slo.breached and slo.breaches == 1 and slo.last_p99 == 5.0
+        c.t = 26
+        slo.observe([5.0])
+        assert slo.breaches == 1  # the same breach
+        c.t = 75  # the 1000 fast ones left the window; still slow
+        assert slo.check() and slo.breaches == 1
+        c.t = 90  # everything slow left the window: nothing to judge, state kept
+        assert slo.check() and slo.p99() is None
+        slo.observe([0.1] * 100)  # checked at most every 5 s: not yet re-evaluated
+        assert slo.breached
+        c.t = 95
+        slo.observe([0.1])
+        assert not slo.breached and slo.last_p99 == 0.1
+        c.t = 200
+        slo.observe([9.0])
+        assert slo.breached and slo.breaches == 2
+    msgs = [r.getMessage() for r in caplog.records]
+    assert sum("FRESHNESS SLO BREACH" in m for m in msgs) == 2
+    assert any("still breached" in m for m in msgs)
+    assert any("recovered" in m for m in msgs)
+
+
+def test_slo_p99_is_nearest_rank_over_the_window_and_bounded():
+    c = Clock(0.0)
+    slo = FreshnessSLO(1.0, window_s=60, check_every_s=1e9, clock=c, max_samples=1000)
+    slo.observe(list(range(1, 101)))  # 1..100: nearest-rank p99 = 99
+    assert slo.p99() == 99.0
+    c.t = 30
+    slo.observe([1000.0] * 1000)  # over the sample cap: the oldest chunk goes
+    assert slo.p99() == 1000.0
+    with pytest.raises(ValueError):
+        FreshnessSLO(0)
+
+
+def test_recorder_measures_the_latest_row_per_key_since_event_and_arrival():
+    c = Clock(0.0)
+    slo = FreshnessSLO(100.0, clock=c)
+    rec = FreshnessRecorder(slo, sample_per_batch=2, max_tracked=10, horizon_s=60)
+    t = 1_000_000_000
+    evs = [Event(i, "a" if i < 2 else "b", "view", 0.0, "c", t + i, "o") for i in range(3)]
+    rec.observe_batch([*evs, Rejected("x", "bad_json: x", "o")], now_us=t + 10)
+    assert len(rec._arrivals) == 2  # sampled: the first two events of the batch
+    rows = [FeatureRow("a", t + 0, (1,), "event"), FeatureRow("a", t + 1, (2,), "event"),
+            FeatureRow("b", t + 2, (1,), "event")]
+    rec.rows_readable(rows, now_us=t + 3_000_000)
+    assert rec.rows_measured == 2  # latest per key: a@t+1, b@t+2
+    assert rec.arrivals_measured == 1  # a@t+1 was sampled; a@t+0 superseded, b not sampled
+    assert rec._arrivals == {}
+    assert slo.p99() == pytest.approx(2.999999)
+    rec.observe_batch(evs[:1], now_us=t)
+    rec.observe_batch(evs[1:2], now_us=t + 61_000_000)  # the first one is pruned
+    assert list(rec._arrivals) == [("a", t + 1)]
