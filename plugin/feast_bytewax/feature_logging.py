@@ -93,6 +93,7 @@ class _Columns:
             for feat in proj.features:
                 log_name = f"{proj.name_to_use()}__{feat.name}"
                 self.short_to_log[log_name if full_names else feat.name] = log_name
+        self.plans: dict[tuple[str, ...], tuple[list, list[str]]] = {}
         self.entity_fields = [f.name for f in schema
                               if f.name not in (LOG_TIMESTAMP_FIELD, LOG_DATE_FIELD,
                                                 REQUEST_ID_FIELD)
@@ -124,6 +125,8 @@ class FeatureLogBuffer:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._schemas: dict[tuple[str, bool], _Columns] = {}
+        self._run_id = uuid.uuid4().hex[:16] + "-"  # request ids: run id + a counter
+        self._seq = 0
         self._write_lock = threading.Lock()
         self.stats = {"requests": 0, "sampled": 0, "dropped": 0, "rows_written": 0,
                       "flushes": 0, "write_errors": 0, "flush_seconds_total": 0.0,
@@ -162,6 +165,8 @@ class FeatureLogBuffer:
         self._wake = threading.Event()
         self._thread = None
         self._pid = os.getpid()
+        self._run_id = uuid.uuid4().hex[:16] + "-"
+        self._seq = 0
 
     def _start(self) -> None:
         with self._lock:
@@ -228,38 +233,55 @@ class FeatureLogBuffer:
             cols = self._schemas[key] = _Columns(service, schema, full)
         return cols
 
+    def _plan(self, cols: _Columns, names: tuple[str, ...]) -> tuple[list, list[str]]:
+        """For one response layout: (result index, kind, target field) steps, and the
+        schema fields the response lacks (filled with nulls)."""
+        plan = cols.plans.get(names)
+        if plan is not None:
+            return plan
+        steps, filled = [], set()
+        for i, name in enumerate(names):
+            if name in cols.entity_fields and name not in filled:
+                steps.append((i, "entity", name))
+                filled.add(name)
+                continue
+            log_name = cols.short_to_log.get(name)
+            if log_name is None:
+                continue
+            steps.append((i, "feature", log_name))
+            filled |= {log_name, f"{log_name}__timestamp", f"{log_name}__status"}
+        system = {LOG_TIMESTAMP_FIELD, LOG_DATE_FIELD, REQUEST_ID_FIELD}
+        lacking = [f.name for f in cols.schema if f.name not in filled | system]
+        plan = cols.plans[names] = (steps, lacking)
+        return plan
+
     def to_table(self, service: FeatureService, registry: Any, full: bool,
-                 items: list[tuple]) -> pa.Table:
-        """Responses -> one Arrow table in the logged-features schema."""
+                 items: list[tuple], chunk: int = 256) -> pa.Table:
+        """Responses -> one Arrow table in the logged-features schema. Yields the GIL every
+        `chunk` responses so that serving threads are not held up by a large flush."""
         cols = self._columns(service, registry, full)
         data: dict[str, list] = {f.name: [] for f in cols.schema}
-        for _svc, response, _reg, _full, served_us in items:
+        log_ts, req_ids = data[LOG_TIMESTAMP_FIELD], data[REQUEST_ID_FIELD]
+        for j, (_svc, response, _reg, _full, served_us) in enumerate(items):
+            if j and j % chunk == 0:
+                time.sleep(0)
             proto = response.proto
-            names = list(proto.metadata.feature_names.val)
-            n = len(proto.results[0].values) if proto.results else 0
-            rid = uuid.uuid4().hex
-            data[LOG_TIMESTAMP_FIELD].extend([served_us] * n)
-            data[REQUEST_ID_FIELD].extend([rid] * n)
-            seen = set()
-            for name, vec in zip(names, proto.results, strict=True):
-                if name in cols.entity_fields and name not in seen:
-                    data[name].extend(_value(v) for v in vec.values)
-                    seen.add(name)
-                    continue
-                log_name = cols.short_to_log.get(name)
-                if log_name is None:
-                    continue
-                data[log_name].extend(_value(v) for v in vec.values)
-                data[f"{log_name}__timestamp"].extend(
-                    t.seconds * 1_000_000 + t.nanos // 1000 for t in vec.event_timestamps)
-                data[f"{log_name}__status"].extend(int(s) for s in vec.statuses)
-                seen.add(log_name)
-            for f in cols.schema:  # anything the response lacked: nulls, length kept
-                base = f.name.removesuffix("__timestamp").removesuffix("__status")
-                if f.name in (LOG_TIMESTAMP_FIELD, REQUEST_ID_FIELD, LOG_DATE_FIELD):
-                    continue
-                if base not in seen and f.name not in seen:
-                    data[f.name].extend([None] * n)
+            results = proto.results
+            n = len(results[0].values) if results else 0
+            steps, lacking = self._plan(cols, tuple(proto.metadata.feature_names.val))
+            self._seq += 1
+            rid = f"{self._run_id}{self._seq:x}"
+            log_ts.extend([served_us] * n)
+            req_ids.extend([rid] * n)
+            for i, kind, name in steps:
+                vec = results[i]
+                data[name].extend([_value(v) for v in vec.values])
+                if kind == "feature":
+                    data[name + "__timestamp"].extend(
+                        [t.seconds * 1_000_000 + t.nanos // 1000 for t in vec.event_timestamps])
+                    data[name + "__status"].extend(vec.statuses)
+            for name in lacking:
+                data[name].extend([None] * n)
         arrays = []
         for f in cols.schema:
             if f.name == LOG_DATE_FIELD:
@@ -270,9 +292,9 @@ class FeatureLogBuffer:
                 arr = pa.array(data[f.name], f.type)
             arrays.append((f.name, arr))
         table = pa.table(dict(arrays))
-        log_ts = table.column(LOG_TIMESTAMP_FIELD)
+        log_col = table.column(LOG_TIMESTAMP_FIELD)
         table = table.append_column(
-            LOG_DATE_FIELD, log_ts.cast(pa.timestamp("us")).cast(pa.date32()))
+            LOG_DATE_FIELD, log_col.cast(pa.timestamp("us")).cast(pa.date32()))
         return table.select([f.name for f in cols.schema])
 
     def close(self, timeout: float = 30.0) -> None:
