@@ -58,6 +58,10 @@ def feast_repo_dir(tmp_path: Path) -> Path:
     return make_feast_repo(tmp_path / "feast_repo_copy")
 
 
+# --- Real services: redis-server and moto S3 on free loopback ports (tests/services.py) -----
+
+from tests.services import moto_server, redis_clean, redis_server  # noqa: E402, F401
+
 # --- Kafka: librdkafka's mock cluster (tests/services.py) -----------------------------------
 
 KAFKA_FIXTURES = ("kafka_mock",)
