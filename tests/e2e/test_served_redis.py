@@ -1,8 +1,12 @@
-"""Served end to end: replay -> Redis (through Feast, the shipped feature_store.redis.yaml)
--> the real `feast serve` over HTTP, against the brute-force reference.
+"""Served end to end: events -> the dataflow -> Redis (through Feast, with the shipped
+feature_store.redis.yaml) -> the real `feast serve` over HTTP, against the brute-force
+reference. Two ingestion paths, each with its own repo, Redis db and server:
 
-The live Kafka path (`feast-bytewax run`) was not ready when this was written; the events go
-through the same dataflow (`runner.run_replay`, file source) and the same sink.
+- replay (`runner.run_replay`, a parquet file): late events and corrections, many small
+  flushes, per-shard watermarks as in `reference.arrival_model`;
+- live (`live.run_live`, librdkafka's mock Kafka cluster, 4 partitions, wall clock): a
+  watermark delay longer than the stream, so no event is late whatever the interleaving of
+  partitions and the reference needs no arrival model.
 """
 
 from __future__ import annotations
@@ -41,10 +45,9 @@ def served(tmp_path_factory, redis_server):
     from feast_bytewax.generate import write_events
     from feast_bytewax.runner import apply_repo, run_replay
 
-    redis_server.flushall()
+    env = redis_db(redis_server, 1)
     repo = copy_repo(tmp_path_factory.mktemp("served") / "repo",
                      (ROOT / "feature_store.redis.yaml").read_text())
-    env = {"FEAST_REDIS": redis_server.connection_string}
     # Recent events (the flow rejects events ahead of the wall clock), whole minutes.
     start = (datetime.now(UTC) - timedelta(hours=8)).replace(second=0, microsecond=0)
     events_path = repo / "data" / "events.parquet"
@@ -52,7 +55,7 @@ def served(tmp_path_factory, redis_server):
     write_events(events_path, 5000, 60, seed=17, start=start, duration=timedelta(hours=6),
                  late_fraction=0.03)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FEAST_REDIS", redis_server.connection_string)  # the yaml reads it
+        mp.setenv("FEAST_REDIS", env["FEAST_REDIS"])  # the yaml reads it
         apply_repo(repo)
         # small flushes: many online writes per key, each newer than the stored one
         result = run_replay(FlowConfig(repo_path=repo, shards=SHARDS,
@@ -69,6 +72,15 @@ def served(tmp_path_factory, redis_server):
     with running_feast_serve(repo, env) as server:
         yield {"url": server.url, "events": events, "stats": stats, "repo": repo,
                "server": server}
+
+
+def redis_db(redis_server, db: int) -> dict[str, str]:
+    """Empty Redis db `db` of the session's server; the env that points the yaml at it."""
+    import redis
+
+    with redis.Redis(host=redis_server.host, port=redis_server.port, db=db) as client:
+        client.flushdb()
+    return {"FEAST_REDIS": f"{redis_server.connection_string},db={db}"}
 
 
 def users_of(events_path) -> set[str]:
@@ -161,3 +173,67 @@ def test_request_order_does_not_matter(served):
     for user in users:
         for name, cell in via_names[user].items():
             assert cell == via_service[user][name]
+
+
+# ---------------------------------------------------------------------------------------
+# Live: Kafka (mock cluster) -> run_live -> Redis -> feast serve
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_live(tmp_path_factory, redis_server, kafka_mock):
+    import json
+
+    from feast_bytewax.generate import generate_events
+    from feast_bytewax.live import LiveOptions, run_live
+    from feast_bytewax.runner import apply_repo
+
+    env = redis_db(redis_server, 2)
+    repo = copy_repo(tmp_path_factory.mktemp("served_live") / "repo",
+                     (ROOT / "feature_store.redis.yaml").read_text())
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=45)
+    stream = list(generate_events(2500, 50, start=start, duration=timedelta(minutes=40),
+                                  seed=29, late_fraction=0.0, jitter_s=1.0))
+    topic = kafka_mock.new_topic("served")
+    kafka_mock.produce(topic, [
+        (e["user_id"].encode(),
+         json.dumps({**e, "event_timestamp": e["event_timestamp"].isoformat()}).encode(), None)
+        for e in stream
+    ])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEAST_REDIS", env["FEAST_REDIS"])
+        apply_repo(repo)
+        result = run_live(LiveOptions(
+            source=f"kafka://{kafka_mock.bootstrap}/{topic}",
+            cfg=FlowConfig(repo_path=repo, shards=SHARDS, watermark_delay_s=7200.0,
+                           allowed_lateness_s=0.0, batch_size=100, flush_rows=200),
+            max_events=len(stream), idle_exit_s=30.0,
+        ))
+    stats = result.stats
+    assert stats.consumed == stats.processed == len(stream), result.summary()
+    assert stats.as_dict()["rows_online"] > 0
+    events = [{**e, "event_timestamp": to_us(e["event_timestamp"])} for e in stream]
+    with running_feast_serve(repo, env) as server:
+        yield {"url": server.url, "events": events}
+
+
+def test_live_kafka_features_served_equal_the_reference(served_live):
+    events = served_live["events"]
+    spec = ref.shipped_spec()
+    users = sorted({e["user_id"] for e in events})
+    got = by_user(get_online(served_live["url"], users), users)
+    end = max(e["event_timestamp"] for e in events)
+    mismatches = []
+    for user in users:
+        stamps = {iso_to_us(ts) for _, _, ts in got[user].values()}
+        assert len(stamps) == 1, (user, got[user])
+        (t,) = stamps
+        want = ref.value_at(spec, events, user, t)  # delay > stream: every event on time
+        # ...and it is the user's current value: nothing changes between t and the end
+        assert want == ref.value_at(spec, events, user, max(t, end)), (user, t, end)
+        for feature, w in zip(spec.features, want, strict=True):
+            value, status, _ = got[user][feature.name]
+            assert status == "PRESENT"
+            if not close(value, w):
+                mismatches.append((user, feature.name, t, value, w))
+    assert not mismatches, mismatches[:5]
