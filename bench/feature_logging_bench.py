@@ -97,7 +97,7 @@ def _worker(repo: Path, calls: int, out: Path) -> None:
         out.with_suffix(".json").write_text(json.dumps(log.stats))
 
 
-def in_process(plain: Path, logged: Path, calls: int, rounds: int = 2) -> tuple[dict, dict]:
+def in_process(plain: Path, logged: Path, calls: int, rounds: int = 4) -> tuple[dict, dict]:
     """Each mode in its own process (a background thread of one store would otherwise
     also slow the other), alternating off/on `rounds` times."""
     import json
@@ -111,7 +111,10 @@ def in_process(plain: Path, logged: Path, calls: int, rounds: int = 2) -> tuple[
             subprocess.run([sys.executable, "-m", "bench.feature_logging_bench", "--worker",
                             str(repo), "--calls", str(calls // rounds), "--out", str(out)],
                            check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
-            lat[k].extend(np.load(out).tolist())
+            got = np.load(out).tolist()
+            lat[k].extend(got)
+            s = stats(got)
+            print(f"round {r} {k}: p50 {s['p50']:.0f} us, p99 {s['p99']:.0f} us", flush=True)
             if out.with_suffix(".json").exists():
                 for name, v in json.loads(out.with_suffix(".json").read_text()).items():
                     st[name] = st.get(name, 0) + v if "max" not in name else max(
