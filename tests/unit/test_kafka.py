@@ -400,3 +400,17 @@ def test_recorder_measures_the_latest_row_per_key_since_event_and_arrival():
     rec.observe_batch(evs[:1], now_us=t)
     rec.observe_batch(evs[1:2], now_us=t + 61_000_000)  # the first one is pruned
     assert list(rec._arrivals) == [("a", t + 1)]
+
+
+def test_progress_line_shows_counts_lag_and_slo_state():
+    from feast_bytewax.live import LiveParts, _progress_line
+    from feast_bytewax.metrics import KAFKA_LAG, FlowStats
+
+    stats = FlowStats()
+    stats.add(consumed=10, processed=9, rejected=1, rows=4, rows_online=2)
+    KAFKA_LAG.labels(topic="progress-test", partition="0").set(42)
+    slo = FreshnessSLO(1.0, clock=Clock(0.0))
+    slo.observe([5.0])
+    text = _progress_line(stats, LiveParts(None, None, None, slo, "x"), time.perf_counter()).plain
+    assert "consumed 10" in text and "rejected 1" in text and "lag" in text
+    assert "fresh p99 5.00s [BREACH]" in text
