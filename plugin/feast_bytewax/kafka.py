@@ -522,10 +522,10 @@ class _DeadLetterPartition(StatelessSinkPartition[Any]):
         left = self._producer.flush(self._timeout)
         if left or self._failed:
             failed, self._failed = self._failed, []
-            raise RuntimeError(
-                f"dead letters not acknowledged by Kafka ({left} still queued after "
-                f"{self._timeout:g} s; failures: {failed[:5]})"
-            )
+            text = (f"dead letters not acknowledged by Kafka ({left} still queued after "
+                    f"{self._timeout:g} s; failures: {failed[:5]})")
+            log.error("%s; the run stops", text)  # Bytewax may hide the exception (a panic)
+            raise RuntimeError(text)
         for kind, n in kinds.items():
             DEAD_LETTERS_PRODUCED.labels(kind=kind).inc(n)
 

@@ -268,7 +268,13 @@ def _observed_sink_classes():
 
         def flush(self) -> int:
             rows = self._buffer
-            n = super().flush()
+            try:
+                n = super().flush()
+            except Exception:
+                # Bytewax 0.21 can turn a sink exception into a Rust panic that never prints
+                # the Python error: say what failed before it does.
+                log.exception("Feast write of %d rows failed; the run stops", len(rows))
+                raise
             if n:
                 self.recorder.rows_readable(rows)
             return n

@@ -131,7 +131,7 @@ def summary_numbers(line: str) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------
 
 
-def test_cli_run_over_four_partitions_equals_reference(kafka_mock, tmp_path):
+def test_cli_run_four_partitions_two_workers_equals_reference(kafka_mock, tmp_path):
     repo = make_feast_repo(tmp_path / "repo")
     topic, dlq = kafka_mock.new_topic("events"), kafka_mock.new_topic("dlq")
     events = stream(3000, 80, seed=21, late_fraction=0.0, jitter_s=1.0)
@@ -142,7 +142,7 @@ def test_cli_run_over_four_partitions_equals_reference(kafka_mock, tmp_path):
         [sys.executable, "-m", "feast_bytewax.cli", "run",
          "--source", f"kafka://{kafka_mock.bootstrap}/{topic}", "--repo", str(repo),
          "--shards", "4", "--watermark-delay", "7200", "--allowed-lateness", "0",
-         "--batch-size", "100", "--dead-letter-topic", dlq, "--quiet",
+         "--batch-size", "100", "--dead-letter-topic", dlq, "--quiet", "--workers", "2",
          "--max-events", str(len(events)), "--idle-exit", "30"],
         capture_output=True, text=True, timeout=300,
     )
