@@ -27,8 +27,10 @@ and the online write is an idempotent overwrite; offline, replayed rows are appe
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +45,7 @@ from feast_bytewax.events import FeatureRow
 from feast_bytewax.metrics import PUSH_SECONDS, FlowStats
 from feast_bytewax.spec import EngineSpec, load_spec
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_INTERVAL_S = 1.0
 TIMESTAMP_COLUMN = "event_timestamp"
@@ -164,6 +167,10 @@ class FeastWriter:
         self.max_interval = _seconds(max_interval, "max_interval")
         self._clock = clock
         self._provider = store._get_provider()
+        # An online store with a columnar `write_frame` skips Feast's per-value protobuf
+        # conversion, whatever provider is configured (e.g. the feature-logging one).
+        self._write_frame = getattr(getattr(self._provider, "online_store", None),
+                                    "write_frame", None)
         self.views = self._resolve_views(store, spec)
         self._online_targets = (
             [self._view_target(v) for v in self.views if v.online] if online else []
@@ -296,7 +303,11 @@ class FeastWriter:
             latest_keys = len(latest)
             for target in self._online_targets:
                 frame = latest.loc[:, list(target.columns)].rename(columns=target.renames)
-                self._provider.ingest_df(target.view, frame)
+                if self._write_frame is not None:  # columnar fast path (FastRedisOnlineStore)
+                    self._write_frame(self.store.config, target.view, frame,
+                                      target.view.batch_source.timestamp_field)
+                else:
+                    self._provider.ingest_df(target.view, frame)
                 self.rows_online += len(frame)
         done = time.perf_counter()
         self._buffer = []
@@ -350,14 +361,28 @@ class FeastSinkPartition(StatefulSinkPartition[FeatureRow, None]):
         self.writer = writer
 
     def write_batch(self, values: list[FeatureRow]) -> None:
-        self.writer.write(values)
+        with _logged("write"):
+            self.writer.write(values)
 
     def snapshot(self) -> None:
-        self.writer.flush()
+        with _logged("flush"):
+            self.writer.flush()
         return None
 
     def close(self) -> None:
-        self.writer.close()
+        with _logged("close"):
+            self.writer.close()
+
+
+@contextmanager
+def _logged(what: str):
+    """Bytewax 0.21 turns an exception raised in a sink into a Rust panic that never shows
+    the Python error: log it (with its traceback) before it propagates."""
+    try:
+        yield
+    except Exception:
+        log.exception("feast-bytewax: Feast %s failed", what)
+        raise
 
 
 class FeastSink(FixedPartitionedSink[FeatureRow, None]):
