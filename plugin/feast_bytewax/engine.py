@@ -29,7 +29,7 @@ from typing import Any
 
 from feast_bytewax.aggregators import make_aggregator
 from feast_bytewax.events import Event, FeatureRow, Late
-from feast_bytewax.panes import Member, SessionGroup, SlidingGroup, SlidingState
+from feast_bytewax.panes import Member, SessionGroup, SlidingGroup
 from feast_bytewax.spec import EngineSpec
 
 NEVER = float("inf")
@@ -75,6 +75,7 @@ class CompiledSpec:
                 self.groups.append(SessionGroup(gid, key[2], members))
             else:
                 self.groups.append(SlidingGroup(gid, key[2], members))
+        self.sliding = [isinstance(g, SlidingGroup) for g in self.groups]
         self.group_where = [spec.features[g.members[0].slot].where for g in self.groups]
         self.filter_columns = tuple(sorted({c for w in self.group_where for c, _ in w}))
         self._route_cache: dict[tuple, tuple[int, ...]] = {}
@@ -144,34 +145,53 @@ class ShardEngine:
         return w
 
     def ingest(self, events: Iterable[Event]) -> list[FeatureRow | Late]:
-        """Accept events in arrival order; return the rows and late records now final."""
+        """Accept events in arrival order; return the rows and late records now final.
+
+        The watermark is re-evaluated before every event (so lateness does not depend on how
+        the input is batched); the wall clock, in live runs, is read once per batch.
+        """
         out: list[FeatureRow | Late] = []
-        lateness = self.config.allowed_lateness
         clock = self.config.clock
+        wall = clock() if clock is not None else None
+        delay = self.config.watermark_delay
+        buf, push = self.buffer, heapq.heappush
+        max_seen, seq, accepted = self.max_seen, self.seq, 0
+        drift = 0
+        if wall is not None and self.max_seen_wall is not None:
+            drift = max(0, wall - self.max_seen_wall)
         for ev in events:
             t = ev.event_timestamp
-            w = self.watermark()
-            if w is not None and t <= w:
-                if w - t > lateness:
-                    self.counts["late"] += 1
-                    out.append(Late(ev, f"late: event time is {(w - t) / 1e6:.3f} s behind the "
-                                        f"watermark, allowed lateness {lateness / 1e6:g} s", w))
-                    continue
-                self._advance(w, out)
-                self._correct(ev, w, out)
-                self.counts["processed"] += 1
+            if max_seen is not None and t <= max_seen - delay + drift:
+                self.seq, self.counts["processed"] = seq, self.counts["processed"] + accepted
+                accepted = 0
+                self._behind_watermark(ev, max_seen - delay + drift, out)
                 continue
-            self.seq += 1
-            heapq.heappush(self.buffer, (t, self.seq, ev))
-            self.counts["processed"] += 1
-            if self.max_seen is None or t > self.max_seen:
-                self.max_seen = t
-                if clock is not None:
-                    self.max_seen_wall = clock()
+            seq += 1
+            push(buf, (t, seq, ev))
+            accepted += 1
+            if max_seen is None or t > max_seen:
+                self.max_seen = max_seen = t
+                self.max_seen_wall = wall
+                drift = 0
+        self.seq = seq
+        self.counts["processed"] += accepted
         w = self.watermark()
         if w is not None:
             self._advance(w, out)
         return out
+
+    def _behind_watermark(self, ev: Event, w: int, out: list) -> None:
+        """A correction within the allowed lateness, else a late record with its reason."""
+        lateness = self.lateness
+        t = ev.event_timestamp
+        if w - t > lateness:
+            self.counts["late"] += 1
+            out.append(Late(ev, f"late: event time is {(w - t) / 1e6:.3f} s behind the "
+                                f"watermark, allowed lateness {lateness / 1e6:g} s", w))
+            return
+        self._advance(w, out)
+        self._correct(ev, w, out)
+        self.counts["processed"] += 1
 
     def tick(self) -> list[FeatureRow | Late]:
         """Let the (live) wall clock move the watermark: fires due timers, releases events."""
@@ -232,17 +252,21 @@ class ShardEngine:
 
     def _apply(self, ev: Event, t: int, out: list) -> None:
         st = self._key(ev.user_id)
+        sliding = self.cs.sliding
         for gid in self.cs.groups_for(ev):
             g = self.cs.groups[gid]
             gs = st.groups[gid]
             if gs is None:
                 gs = st.groups[gid] = g.new_state()
-            gs.add(g, ev, t)
-            if isinstance(g, SlidingGroup):
-                self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
-            else:
-                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.lateness))
-            self._refresh(st, gid, t)
+            opened = gs.add(g, ev, t)
+            # Timers are lazy: a later expiry is picked up when the current timer fires, so
+            # only a new pane (or no timer at all) can need an earlier wake-up.
+            if gs.timer_at is None or opened:
+                if sliding[gid]:
+                    self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
+                else:
+                    self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.lateness))
+            gs.fill(g, st.vals, t)
         self._changed(ev.user_id, st, t, "event", out)
 
     def _correct(self, ev: Event, w: int, out: list) -> None:
@@ -296,14 +320,11 @@ class ShardEngine:
     def _refresh(self, st: KeyState, gid: int, now: int) -> None:
         g = self.cs.groups[gid]
         gs = st.groups[gid]
-        vals = st.vals
-        for i, m in enumerate(g.members):
-            if gs is None:
-                vals[m.slot] = m.agg.empty_value
-            elif isinstance(gs, SlidingState):
-                vals[m.slot] = gs.value(g, i)
-            else:
-                vals[m.slot] = gs.value(g, i, now)
+        if gs is None:
+            for m in g.members:
+                st.vals[m.slot] = m.agg.empty_value
+        else:
+            gs.fill(g, st.vals, now)
 
     # -- rows ----------------------------------------------------------------------------
     def _changed(self, key: str, st: KeyState, t: int, cause: str, out: list) -> bool:

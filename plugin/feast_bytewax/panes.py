@@ -112,18 +112,28 @@ class SlidingState:
         return best
 
     # -- writes --------------------------------------------------------------------------
-    def add(self, group: SlidingGroup, ev: Any, t: int) -> None:
-        """Fold an in-order event at time t (>= every earlier event) into its pane."""
+    def fill(self, group: SlidingGroup, vals: list, now: int) -> None:
+        """Write every member's current value into its slot of the key's vector."""
+        for i, m in enumerate(group.members):
+            vals[m.slot] = self.value(group, i)
+
+    def add(self, group: SlidingGroup, ev: Any, t: int) -> bool:
+        """Fold an in-order event at time t (>= every earlier event) into its pane.
+        True when it opened a pane (the only time the next eviction can move earlier)."""
         q = t // group.slide
         panes = self.panes
-        if not panes or panes[-1][0] != q:
+        opened = not panes or panes[-1][0] != q
+        if opened:
             self._open_pane(group, q)
         pane = panes[-1]
+        run = self.run
         for i, m in enumerate(group.members):
             x = m.get(ev)
-            pane[i + 1] = m.agg.update(pane[i + 1], x)
-            if m.agg.exact_revert:
-                self.run[i] = m.agg.update(self.run[i], x)
+            agg = m.agg
+            pane[i + 1] = agg.update(pane[i + 1], x)
+            if agg.exact_revert:
+                run[i] = agg.update(run[i], x)
+        return opened
 
     def _open_pane(self, group: SlidingGroup, q: int) -> None:
         panes = self.panes
@@ -253,16 +263,26 @@ class SessionState:
             return expiry
         return s[0][1] + group.gap + lateness
 
-    def add(self, group: SessionGroup, ev: Any, t: int) -> None:
+    def fill(self, group: SessionGroup, vals: list, now: int) -> None:
+        """Write every member's value as of `now` into its slot of the key's vector."""
         s = self.sessions
-        if s and t - s[-1][1] < group.gap:
-            cur = s[-1]
-            cur[1] = t
-        else:
+        live = s and now - s[-1][1] < group.gap
+        for i, m in enumerate(group.members):
+            vals[m.slot] = m.agg.result(s[-1][i + 2]) if live else m.agg.empty_value
+
+    def add(self, group: SessionGroup, ev: Any, t: int) -> bool:
+        """Fold an in-order event in; True when it started a new session."""
+        s = self.sessions
+        started = not (s and t - s[-1][1] < group.gap)
+        if started:
             cur = [t, t, *(m.agg.empty() for m in group.members)]
             s.append(cur)
+        else:
+            cur = s[-1]
+            cur[1] = t
         for i, m in enumerate(group.members):
             cur[i + 2] = m.agg.update(cur[i + 2], m.get(ev))
+        return started
 
     def correct(self, group: SessionGroup, ev: Any, t: int) -> None:
         """Insert a late event, merging every session it lies within the gap of."""
