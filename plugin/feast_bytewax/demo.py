@@ -17,7 +17,7 @@ from rich.table import Table
 
 from feast_bytewax.config import FlowConfig
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 150)
 SERVICE = "user_fraud_features"
 
 
@@ -74,14 +74,19 @@ def main(args: argparse.Namespace) -> int:
                                        entity_rows=[{"user_id": u} for u in top]).to_df()
     console.print(_table(f"online features ({SERVICE}), busiest users", online))
 
+    # Labeled-event style entity rows: moments of real purchases (just after them), a time
+    # before a user's first event, and a user never seen (their counts are 0, not null).
     rnd = random.Random(args.seed)
-    t_min, t_max = events["event_timestamp"].min(), events["event_timestamp"].max()
-    span = (t_max - t_min).total_seconds()
-    users = [*rnd.sample(sorted(set(events["user_id"])), 6), "never_seen_user"]
+    purchases = pd.read_parquet(events_path, columns=["user_id", "event_type", "event_timestamp"])
+    purchases = purchases[purchases["event_type"] == "purchase"]
+    picks = purchases.sample(6, random_state=args.seed)
+    first_user = purchases["user_id"].iloc[0]
+    first_time = events.loc[events["user_id"] == first_user, "event_timestamp"].min()
     entity_df = pd.DataFrame({
-        "user_id": users,
-        "event_timestamp": [t_min + timedelta(seconds=rnd.uniform(0, span)) for _ in users],
-        "label": [rnd.choice([0, 1]) for _ in users],
+        "user_id": [*picks["user_id"], first_user, "never_seen_user"],
+        "event_timestamp": [*(picks["event_timestamp"] + timedelta(seconds=1)),
+                            first_time - timedelta(seconds=1), events["event_timestamp"].max()],
+        "label": [rnd.choice([0, 1]) for _ in range(8)],
     })
     frame = training_frame(store, entity_df, service)
     console.print(_table("point-in-time training frame (get_historical_features)", frame))

@@ -28,7 +28,18 @@ def open_store(repo_path: str | Path):
     """A `FeatureStore` on the repo (import deferred: `import feast` takes seconds)."""
     from feast import FeatureStore
 
+    quiet_feast_warnings()
     return FeatureStore(repo_path=str(repo_path))
+
+
+def quiet_feast_warnings() -> None:
+    """Feast warns on every StreamFeatureView construction that they are experimental; we
+    know. (Feast installs its own 'once' filter at import, so this must run after it.)"""
+    import warnings
+
+    import feast.stream_feature_view  # noqa: F401
+
+    warnings.filterwarnings("ignore", message="Stream feature views are experimental")
 
 
 def apply_repo(repo_path: str | Path) -> None:
@@ -36,6 +47,7 @@ def apply_repo(repo_path: str | Path) -> None:
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
+    quiet_feast_warnings()
     repo = Path(repo_path).resolve()
     if str(repo) not in sys.path:  # as the feast CLI does: definitions import each other
         sys.path.insert(0, str(repo))
