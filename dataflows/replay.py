@@ -8,7 +8,9 @@ shard's state at each epoch end.
 
 Variables (all optional except FEAST_BYTEWAX_EVENTS):
 
-- ``FEAST_BYTEWAX_EVENTS``: parquet file, folder of parquet files, or JSON-lines file
+- ``FEAST_BYTEWAX_EVENTS``: parquet file, folder of parquet files, or JSON-lines file,
+  local or ``s3://bucket/prefix`` (endpoint of an S3-compatible store: ``FEAST_S3_ENDPOINT``,
+  ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``)
 - ``FEAST_BYTEWAX_START`` / ``FEAST_BYTEWAX_END``: ISO-8601 with offset; only events in
   [start, end) (parquet)
 - ``FEAST_BYTEWAX_REPO``: Feast repo root holding feature_store.yaml (default ``.``)

@@ -45,6 +45,12 @@ def _flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no live progress display")
 
 
+def _s3_endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible endpoint for s3:// events (default: $FEAST_S3_ENDPOINT, "
+                        "$AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS)")
+
+
 def flow_config(args: argparse.Namespace, **overrides) -> FlowConfig:
     """FlowConfig from the shared flow arguments (pydantic validates the ranges)."""
     values = dict(
@@ -80,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler="feast_bytewax.commands:apply")
 
     p = sub.add_parser("replay", help="run the dataflow over an event file into Feast")
-    p.add_argument("--events", type=Path, required=True,
-                   help="parquet file, folder of parquet files, or JSON-lines file")
+    p.add_argument("--events", required=True,
+                   help="parquet file, folder of parquet files, or JSON-lines file; "
+                        "local or s3://bucket/prefix")
     p.add_argument("--start", type=_aware, default=None, help="only events at or after (parquet)")
     p.add_argument("--end", type=_aware, default=None, help="only events before (parquet)")
+    _s3_endpoint_arg(p)
     _flow_args(p)
     p.set_defaults(handler="feast_bytewax.commands:replay")
 
@@ -104,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("skew", help="recompute features in batch and compare with what was written")
     p.add_argument("--repo", type=Path, default=Path("."))
-    p.add_argument("--events", type=Path, required=True, help="raw event log (parquet/folder)")
+    p.add_argument("--events", required=True,
+                   help="raw event log (parquet file/folder, JSON lines; local or s3://...)")
+    _s3_endpoint_arg(p)
     p.add_argument("--out", type=Path, default=Path("data/skew"), help="report folder")
     d = FlowConfig()
     p.add_argument("--max-mismatch-rate", type=float, default=0.0,

@@ -43,7 +43,8 @@ def replay(args: argparse.Namespace) -> int:
     cfg = flow_config(args)
     with live_progress(not args.quiet) as on_progress:
         result = run_replay(cfg, args.events, workers=args.workers, start=args.start,
-                            end=args.end, on_progress=on_progress)
+                            end=args.end, on_progress=on_progress,
+                            s3_endpoint=getattr(args, "s3_endpoint", None))
     if result.stats.rejected or result.stats.late:
         print(f"dead letters: {result.dead_letter_path}")
     print(describe(result))

@@ -87,8 +87,10 @@ def build_replay_flow(
     start: datetime | None = None,
     end: datetime | None = None,
     spec=None,
+    s3_endpoint: str | None = None,
 ):
-    """The replay dataflow over a parquet file/folder or JSON-lines file."""
+    """The replay dataflow over a parquet file/folder or JSON-lines file, local or a URI
+    (``s3://bucket/prefix``; `s3_endpoint` else the environment gives the endpoint)."""
     from feast_bytewax.deadletter import DeadLetterSink
     from feast_bytewax.flow import build_flow
     from feast_bytewax.sinks import FeastSink
@@ -103,7 +105,8 @@ def build_replay_flow(
     dead_path = cfg.dead_letter_path if cfg.dead_letter_path.is_absolute() \
         else repo / cfg.dead_letter_path
     dead_path.parent.mkdir(parents=True, exist_ok=True)
-    source = EventFileSource(events, batch_size=cfg.batch_size, start=start, end=end)
+    source = EventFileSource(events, batch_size=cfg.batch_size, start=start, end=end,
+                             s3_endpoint_override=s3_endpoint)
     flow = build_flow("replay", cfg, spec, source, sink, DeadLetterSink(dead_path), stats)
     return flow, dead_path
 
@@ -115,14 +118,17 @@ def run_replay(
     start: datetime | None = None,
     end: datetime | None = None,
     on_progress: Callable[[FlowStats], None] | None = None,
+    s3_endpoint: str | None = None,
 ) -> ReplayResult:
-    """Replay a file through the dataflow into Feast; returns the run's counters."""
+    """Replay a file (or folder, local or ``s3://``) through the dataflow into Feast;
+    returns the run's counters."""
     import time
 
     from bytewax.run import cli_main
 
     stats = FlowStats()
-    flow, dead_path = build_replay_flow(cfg, events, stats, start, end)
+    flow, dead_path = build_replay_flow(cfg, events, stats, start, end,
+                                        s3_endpoint=s3_endpoint)
     done = threading.Event()
     ticker = None
     if on_progress is not None:

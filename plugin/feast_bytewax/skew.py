@@ -89,6 +89,7 @@ import numpy as np
 import pandas as pd
 
 from feast_bytewax.batch_reference import batch_features
+from feast_bytewax.filesystems import is_uri
 from feast_bytewax.spec import EngineSpec, FeatureSpec
 from feast_bytewax.timeutil import US_PER_S, from_us, utc_now_us
 
@@ -115,6 +116,7 @@ class SkewOptions:
     examples: int = 20
     start_us: int | None = None
     end_us: int | None = None
+    s3_endpoint: str | None = None  # for s3:// event logs (default: the environment's)
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,7 +153,8 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
 
     start = from_us(opts.start_us) if opts.start_us is not None else None
     end = from_us(opts.end_us) if opts.end_us is not None else None
-    source = EventFileSource(path, batch_size=50_000, start=start, end=end)
+    source = EventFileSource(path, batch_size=50_000, start=start, end=end,
+                             s3_endpoint_override=opts.s3_endpoint)
     now, max_future = utc_now_us(), opts.max_future_us
     rows: list[tuple] = []
     rejected = 0
@@ -181,7 +184,8 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
     df = visibility_model(df, spec.join_key, opts)
     keep = _sampled(df[spec.join_key], opts.sample_keys)
     df = df.loc[keep].reset_index(drop=True)
-    return EventLog(df, rejected, horizon, [str(p) for p in list_event_files(path)])
+    files = list_event_files(path, opts.s3_endpoint)
+    return EventLog(df, rejected, horizon, [str(p) for p in files])
 
 
 def visibility_model(df: pd.DataFrame, key: str, opts: SkewOptions) -> pd.DataFrame:
@@ -849,7 +853,7 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
     observed = max(off_rate, log_rate)
     report = {
         "repo": str(repo),
-        "events": str(Path(events).resolve()),
+        "events": str(events) if is_uri(events) else str(Path(events).resolve()),
         "generated_at": datetime.now(UTC).isoformat(),
         "seconds": None,
         "options": {
@@ -967,6 +971,7 @@ def options_from_args(args: argparse.Namespace) -> SkewOptions:
         max_shadow_rows=int(get("max_shadow_rows", 50_000_000)),
         start_us=to_us(start) if start is not None else None,
         end_us=to_us(end) if end is not None else None,
+        s3_endpoint=get("s3_endpoint", None),
     )
 
 
@@ -1006,9 +1011,11 @@ def _summary(report: dict, jpath: Path, hpath: Path) -> str:
 def main(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     repo = Path(args.repo).resolve()
-    events = Path(args.events)
-    if not events.is_absolute() and not events.exists():
-        events = repo / events
+    events: str | Path = args.events
+    if not is_uri(events):
+        events = Path(events)
+        if not events.is_absolute() and not events.exists():
+            events = repo / events
     out = Path(args.out)
     if not out.is_absolute():
         out = repo / out

@@ -1,18 +1,25 @@
 """Bytewax 0.21 input sources that replay event files.
 
 `EventFileSource(path)` reads one parquet file, one JSON-lines file, or a folder of them
-(one partition per file, so bytewax spreads files over workers). It emits raw, unvalidated
-items ``(payload, origin)``:
+(one partition per file, so bytewax spreads files over workers), on the local disk or in
+object storage (``s3://bucket/prefix`` or ``s3://bucket/key.parquet``): both go through
+pyarrow's filesystem layer (`feast_bytewax.filesystems`) and the same partition code. An
+S3-compatible endpoint comes from ``s3_endpoint_override``, else from the environment
+(``FEAST_S3_ENDPOINT``, ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``); credentials from
+the standard AWS chain. It emits raw, unvalidated items ``(payload, origin)``:
 
 - JSON lines: ``payload`` is the line as ``str`` without its line ending (``bytes`` if the line
   is not valid UTF-8, so the validator reports it as ``bad_json``); ``origin`` is
-  ``"<file name>:<line number>"``, 1-based like editors and ``grep -n``. Blank lines are
+  ``"<file>:<line number>"``, 1-based like editors and ``grep -n``. Blank lines are
   emitted too (they are rejected downstream, never dropped silently).
 - parquet: ``payload`` is the row as a ``dict`` (only the spec's columns that the file has;
   a missing column makes every row a ``missing_field`` rejection); ``origin`` is
-  ``"<file name>:<row index>"``, 0-based like pandas ``iloc``. A tz-aware timestamp column is
+  ``"<file>:<row index>"``, 0-based like pandas ``iloc``. A tz-aware timestamp column is
   handed over as `feast_bytewax.validate.EpochUs` (exact UTC epoch us, ~50x cheaper than a
   ``datetime``); a naive one as naive ``datetime`` (rejected downstream).
+
+``<file>`` is the file name for a local file and the full URI in object storage
+(``s3://bucket/prefix/part-00001.parquet:17``). Partitions are named by file name.
 
 Feed items to `feast_bytewax.validate.validate_item`.
 
@@ -29,50 +36,116 @@ filtered (the text is not parsed here).
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import pyarrow.fs as pafs
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from feast_bytewax.filesystems import filesystem_for_uri, is_uri, s3_endpoint_from_env, uri_label
 from feast_bytewax.timeutil import to_us
 from feast_bytewax.validate import FIELDS, EpochUs
 
-__all__ = ["EventFileSource", "list_event_files"]
+__all__ = ["EventFile", "EventFileSource", "list_event_files", "resolve_event_files"]
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TS_COLUMN = "event_timestamp"
+REMOTE_READ_BUFFER = 8 << 20  # bytes per read from object storage (JSON lines)
 
 Item = tuple[Any, str]
 
 
-def list_event_files(path: str | Path) -> list[Path]:
-    """The files `EventFileSource` reads for `path`, in partition order."""
+@dataclass(frozen=True)
+class EventFile:
+    """One input file: its partition name, how origins name it, and where it is."""
+
+    name: str  # base name: the partition (and resume-state) key
+    label: str  # origin prefix: the name for a local file, the full URI in object storage
+    filesystem: pafs.FileSystem
+    path: str  # inside `filesystem`
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+    @property
+    def is_parquet(self) -> bool:
+        return _suffix(self.name) in PARQUET_SUFFIXES
+
+    def open_binary(self) -> BinaryIO:
+        """A buffered binary file object (seekable)."""
+        if self.local:
+            return open(self.path, "rb")  # the caller closes it
+        raw = self.filesystem.open_input_file(self.path)
+        return io.BufferedReader(raw, REMOTE_READ_BUFFER)  # type: ignore[arg-type]
+
+
+def _suffix(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def _is_event_file(info: pafs.FileInfo) -> bool:
+    return (
+        info.type == pafs.FileType.File
+        and not info.base_name.startswith((".", "_"))
+        and _suffix(info.base_name) in PARQUET_SUFFIXES + JSONL_SUFFIXES
+    )
+
+
+def resolve_event_files(
+    path: str | os.PathLike, s3_endpoint_override: str | None = None
+) -> list[EventFile]:
+    """The files `EventFileSource` reads for `path` (a file or a folder, not recursive;
+    hidden and ``_``-prefixed files ignored), in partition order."""
+    if is_uri(path):
+        endpoint = s3_endpoint_override or s3_endpoint_from_env()
+        filesystem, root = filesystem_for_uri(path, endpoint)
+        root = root.rstrip("/")
+    else:
+        filesystem, root = pafs.LocalFileSystem(), os.path.abspath(os.fspath(path))
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    elif info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(root, recursive=False)
+        infos = sorted((i for i in filesystem.get_file_info(selector) if _is_event_file(i)),
+                       key=lambda i: i.base_name)
+        if not infos:
+            raise FileNotFoundError(f"no .parquet or .jsonl files in {path}")
+    else:
+        raise FileNotFoundError(path)
+    local = isinstance(filesystem, pafs.LocalFileSystem)
+    return [
+        EventFile(i.base_name, i.base_name if local else uri_label(filesystem, i.path),
+                  filesystem, i.path)
+        for i in infos
+    ]
+
+
+def list_event_files(
+    path: str | os.PathLike, s3_endpoint_override: str | None = None
+) -> list[Path] | list[str]:
+    """The files `EventFileSource` reads for `path`, in partition order: `Path`s for a local
+    path, URIs (``s3://bucket/key``) for a URI."""
+    files = resolve_event_files(path, s3_endpoint_override)
+    if is_uri(path):
+        return [f.label for f in files]
     p = Path(path)
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        files = sorted(
-            f
-            for f in p.iterdir()
-            if f.is_file()
-            and not f.name.startswith((".", "_"))
-            and f.suffix.lower() in PARQUET_SUFFIXES + JSONL_SUFFIXES
-        )
-        if not files:
-            raise FileNotFoundError(f"no .parquet or .jsonl files in {p}")
-        return files
-    raise FileNotFoundError(p)
+    return [p / f.name for f in files] if p.is_dir() else [p]
 
 
 class _JsonLinesPartition(StatefulSourcePartition[Item, tuple[int, int]]):
-    def __init__(self, path: Path, name: str, batch_size: int, resume: Any):
-        self._name = name
+    def __init__(self, file: EventFile, batch_size: int, resume: Any):
+        self._name = file.label
         self._batch_size = batch_size
-        self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._f = file.open_binary()  # closed in close()
         self._line = 0
         self._offset = 0
         if isinstance(resume, tuple):
@@ -114,8 +187,7 @@ class _JsonLinesPartition(StatefulSourcePartition[Item, tuple[int, int]]):
 class _ParquetPartition(StatefulSourcePartition[Item, int]):
     def __init__(
         self,
-        path: Path,
-        name: str,
+        file: EventFile,
         batch_size: int,
         resume: int | None,
         start_us: int | None,
@@ -124,8 +196,10 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
     ):
         import pyarrow.parquet as pq
 
-        self._name = name
-        self._pf = pq.ParquetFile(path)
+        self._name = file.label
+        self._source = file.filesystem.open_input_file(file.path)
+        # object storage: coalesce each row group's column chunks into few ranged GETs
+        self._pf = pq.ParquetFile(self._source, pre_buffer=not file.local)
         self._row = int(resume or 0)
         self._batch_size = batch_size
         self._start_us = start_us
@@ -253,17 +327,21 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
     def close(self) -> None:
         self._batches.close()
         self._pf.close()
+        self._source.close()
 
 
 class EventFileSource(FixedPartitionedSource[Item, Any]):
     """Replay events from a parquet file, a JSON-lines file, or a folder of them.
 
     :arg path: a ``.parquet`` / ``.jsonl`` file, or a folder of such files (one partition
-        per file; hidden and ``_``-prefixed files are ignored).
+        per file; hidden and ``_``-prefixed files are ignored); local, or a URI such as
+        ``s3://bucket/prefix``.
     :arg batch_size: rows per `next_batch` (default 1000).
     :arg start: only parquet rows with ``event_timestamp >= start`` (aware datetime).
     :arg end: only parquet rows with ``event_timestamp < end`` (aware datetime).
     :arg columns: parquet columns to read (default: the spec's six fields).
+    :arg s3_endpoint_override: S3-compatible endpoint for ``s3://`` paths (default: from
+        the environment, see `feast_bytewax.filesystems.s3_endpoint_from_env`).
     """
 
     def __init__(
@@ -273,17 +351,19 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
         start: datetime | None = None,
         end: datetime | None = None,
         columns: tuple[str, ...] = FIELDS,
+        s3_endpoint_override: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.path = Path(path)
+        self.path: str | Path = os.fspath(path) if is_uri(path) else Path(path)
         self.batch_size = batch_size
         self.start_us = to_us(start) if start is not None else None
         self.end_us = to_us(end) if end is not None else None
         self.columns = tuple(columns)
+        self.s3_endpoint_override = s3_endpoint_override
 
-    def _files(self) -> dict[str, Path]:
-        return {f.name: f for f in list_event_files(self.path)}
+    def _files(self) -> dict[str, EventFile]:
+        return {f.name: f for f in resolve_event_files(self.path, self.s3_endpoint_override)}
 
     def list_parts(self) -> list[str]:
         return list(self._files())
@@ -291,10 +371,9 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: Any
     ) -> StatefulSourcePartition[Item, Any]:
-        path = self._files()[for_part]
-        if path.suffix.lower() in PARQUET_SUFFIXES:
+        file = self._files()[for_part]
+        if file.is_parquet:
             return _ParquetPartition(
-                path, for_part, self.batch_size, resume_state, self.start_us, self.end_us,
-                self.columns,
+                file, self.batch_size, resume_state, self.start_us, self.end_us, self.columns,
             )  # fmt: skip
-        return _JsonLinesPartition(path, for_part, self.batch_size, resume_state)
+        return _JsonLinesPartition(file, self.batch_size, resume_state)
