@@ -19,6 +19,9 @@ of the dask store (point-in-time joins, materialization pulls) and changes two t
   (so `get_historical_features` returns the entity rows with null features and a
   materialization pulls nothing) instead of failing inside dask.
 
+Part-file naming, listing, writing and schemas live in `feast_bytewax.stores.parquet_parts`
+(re-exported here); paths and URIs become pyarrow filesystems in `feast_bytewax.filesystems`.
+
 The dask store calls a module-level `_read_datasource` from inside lazily evaluated closures;
 this store re-binds those closures to its own reader (a copy of their globals with one name
 replaced), per call, without patching Feast's module for anyone else.
@@ -42,11 +45,7 @@ anyway).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
 import types
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +56,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytz
 from feast.data_source import DataSource
 from feast.feature_view import FeatureView
@@ -66,13 +64,24 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
-from feast.type_map import feast_value_type_to_pa
+
+from feast_bytewax.filesystems import filesystem_for_uri, is_uri
+
+# The part-file half of the store, re-exported: existing imports use this module's names.
+from feast_bytewax.stores.parquet_parts import (  # noqa: F401
+    PARQUET_SUFFIXES,
+    PART_PREFIX,
+    PART_SUFFIX,
+    SCHEMAS,
+    TIMESTAMP_TYPE,
+    conform_table,
+    list_parts,
+    new_part_name,
+    view_arrow_fields,
+    write_part,
+)
 
 STORE_TYPE = "feast_bytewax.stores.parquet_folder.ParquetFolderOfflineStore"
-PART_PREFIX = "part-"
-PART_SUFFIX = ".parquet"
-PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
 
 class ParquetFolderOfflineStoreConfig(DaskOfflineStoreConfig):
@@ -94,19 +103,15 @@ class ParquetFolderOfflineStoreConfig(DaskOfflineStoreConfig):
 # ----------------------------------------------------------------------------------------
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_source_uri(config: RepoConfig, source: FileSource) -> str:
     """The URI or absolute local path the store reads and writes for `source`."""
     uri = source.file_options.uri
     store_cfg = config.offline_store
     root = getattr(store_cfg, "root", None)
-    if _is_uri(uri) or Path(uri).is_absolute():
+    if is_uri(uri) or Path(uri).is_absolute():
         return uri
     if root:
-        if _is_uri(root):
+        if is_uri(root):
             return f"{root.rstrip('/')}/{uri.lstrip('/')}"
         return FileSource.get_uri_for_file_path(config.repo_path, str(Path(root) / uri))
     return FileSource.get_uri_for_file_path(config.repo_path, uri)
@@ -119,131 +124,9 @@ def source_filesystem(config: RepoConfig, source: FileSource) -> tuple[pafs.File
         config.offline_store, "s3_endpoint_override", None
     )
     if uri.startswith("s3://"):
-        filesystem, path = FileSource.create_filesystem_and_path(
-            uri, endpoint or "", source.resolve_credentials()
-        )
-        assert filesystem is not None
+        filesystem, path = filesystem_for_uri(uri, endpoint, source.resolve_credentials())
         return filesystem, path.rstrip("/")
-    if _is_uri(uri):
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        return filesystem, path
-    return pafs.LocalFileSystem(), str(Path(uri))
-
-
-def _is_data_file(info: pafs.FileInfo) -> bool:
-    name = info.base_name
-    return (
-        info.type == pafs.FileType.File
-        and not name.startswith((".", "_"))
-        and name.endswith(PARQUET_SUFFIXES)
-    )
-
-
-def list_parts(filesystem: pafs.FileSystem, path: str) -> list[str]:
-    """Sorted data files under `path` (a folder, recursively; or a single file). [] if missing."""
-    info = filesystem.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return []
-    if info.type == pafs.FileType.File:
-        return [path]
-    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-    return sorted(i.path for i in filesystem.get_file_info(selector) if _is_data_file(i))
-
-
-def new_part_name(now_ns: int | None = None) -> str:
-    """`part-<20-digit unix ns>-<uuid8>.parquet`: unique, and sorts in write order."""
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    return f"{PART_PREFIX}{now_ns:020d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
-
-
-# ----------------------------------------------------------------------------------------
-# Schemas
-# ----------------------------------------------------------------------------------------
-
-
-def view_arrow_fields(view: FeatureView) -> dict[str, pa.DataType]:
-    """Source column -> arrow type for one view: join keys, timestamps, features."""
-    source = view.batch_source
-    reverse = {v: k for k, v in (source.field_mapping or {}).items()}
-    fields: dict[str, pa.DataType] = {}
-    for col in view.entity_columns:
-        fields[reverse.get(col.name, col.name)] = feast_value_type_to_pa(
-            col.dtype.to_value_type()
-        )
-    for ts in (source.timestamp_field, source.created_timestamp_column):
-        if ts:
-            fields[ts] = TIMESTAMP_TYPE
-    for feat in view.features:
-        fields[reverse.get(feat.name, feat.name)] = feast_value_type_to_pa(
-            feat.dtype.to_value_type()
-        )
-    return fields
-
-
-def _target_type(current: pa.DataType, wanted: pa.DataType | None) -> pa.DataType:
-    if wanted is None:
-        return current
-    if pa.types.is_timestamp(wanted) and pa.types.is_timestamp(current):
-        return TIMESTAMP_TYPE
-    return wanted
-
-
-class _SchemaCache:
-    """Schema of the existing parts per folder, looked up once per process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._schemas: dict[tuple[str, str], pa.Schema] = {}
-
-    def get(self, filesystem: pafs.FileSystem, path: str) -> pa.Schema | None:
-        key = (filesystem.type_name, path)
-        with self._lock:
-            if key in self._schemas:
-                return self._schemas[key]
-        parts = list_parts(filesystem, path)
-        if not parts:
-            return None
-        schema = pq.read_schema(parts[-1], filesystem=filesystem)
-        return self.put(filesystem, path, schema)
-
-    def put(self, filesystem: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Schema:
-        with self._lock:
-            return self._schemas.setdefault((filesystem.type_name, path), schema)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._schemas.clear()
-
-
-SCHEMAS = _SchemaCache()
-
-
-def conform_table(table: pa.Table, view: FeatureView, existing: pa.Schema | None) -> pa.Table:
-    """Reorder and cast a batch to the existing parts' schema (or, for the first part, to the
-    view's Feast types, timestamps as `timestamp[us, UTC]`). Raises on a column mismatch."""
-    if existing is not None:
-        missing = sorted(set(existing.names) - set(table.column_names))
-        extra = sorted(set(table.column_names) - set(existing.names))
-        if missing or extra:
-            raise ValueError(
-                f"feature view {view.name!r}: batch columns {table.column_names} do not match "
-                f"the existing parts' columns {existing.names} "
-                f"(missing {missing}, unexpected {extra})"
-            )
-        table = table.select(existing.names)
-        return table if table.schema == existing else table.cast(existing)
-    wanted = view_arrow_fields(view)
-    missing = sorted(set(wanted) - set(table.column_names))
-    if missing:
-        raise ValueError(
-            f"feature view {view.name!r}: batch lacks columns {missing}; "
-            f"got {table.column_names}"
-        )
-    target = pa.schema(
-        [pa.field(f.name, _target_type(f.type, wanted.get(f.name))) for f in table.schema],
-        metadata=table.schema.metadata,
-    )
-    return table if table.schema == target else table.cast(target)
+    return filesystem_for_uri(uri)
 
 
 # ----------------------------------------------------------------------------------------
@@ -447,24 +330,3 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
             SCHEMAS.put(filesystem, folder, table.schema)
         if progress:
             progress(table.num_rows)
-
-
-def write_part(filesystem: pafs.FileSystem, folder: str, table: pa.Table) -> str:
-    """Write `table` as a new part file in `folder` (a local folder is created if missing);
-    returns its path."""
-    name = new_part_name()
-    final = f"{folder}/{name}"
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        filesystem.create_dir(folder, recursive=True)
-        temp = f"{folder}/.{name}.tmp"
-        try:
-            pq.write_table(table, temp, filesystem=filesystem)
-            filesystem.move(temp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                filesystem.delete_file(temp)
-            raise
-    else:  # object stores: no folders to create; a PUT becomes visible whole (a rename
-        # would be a copy)
-        pq.write_table(table, final, filesystem=filesystem)
-    return final
