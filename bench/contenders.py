@@ -131,7 +131,7 @@ def measure_ours(engines) -> dict[str, Any]:
     for eng in engines:
         for k, st in eng.keys.items():
             sizes.append(deep_size(k, seen) + deep_size(st, seen))
-            pickled.append(len(pickle.dumps((k, st.groups, st.vals, st.emitted),
+            pickled.append(len(pickle.dumps((k, st.groups, st.emitted),
                                             protocol=pickle.HIGHEST_PROTOCOL)))
     total_seen = shared_baseline([empty])
     parts = {name: sum(deep_size(getattr(eng, name), total_seen) for eng in engines)
@@ -169,7 +169,6 @@ def breakdown_ours(engines, median: float | None) -> dict[str, Any]:
             parts = {"key str": deep_size(k, seen),
                      "KeyState + groups list": sys.getsizeof(st) + sys.getsizeof(st.groups)}
             seen.update((id(st), id(st.groups)))
-            parts["vals (current vector)"] = deep_size(st.vals, seen)
             parts["emitted (last row)"] = deep_size(st.emitted, seen)
             for name, gs in zip(names, st.groups, strict=True):
                 if gs is None:

@@ -102,14 +102,14 @@ class CompiledSpec:
 
 
 class KeyState:
-    """Per-key state: one slot per group (None until used), the current vector, and the
-    last row handed downstream."""
+    """Per-key state: one slot per group (None until used) and the last row's vector handed
+    downstream. The key's current vector is its open (held) row if it has one, else
+    `emitted`: no second copy is kept (per-key memory is the scaling limit)."""
 
-    __slots__ = ("emitted", "groups", "vals")
+    __slots__ = ("emitted", "groups")
 
     def __init__(self, n_groups: int, empty: tuple) -> None:
         self.groups: list[Any] = [None] * n_groups
-        self.vals: list[Any] = list(empty)
         self.emitted: tuple = empty
 
 
@@ -250,8 +250,14 @@ class ShardEngine:
             st = self.keys[k] = KeyState(len(self.cs.groups), self.cs.empty_vector)
         return st
 
+    def _vector(self, key: str, st: KeyState) -> list:
+        """A working copy of the key's current vector."""
+        row = self.open_rows.get(key)
+        return list(row[1] if row is not None else st.emitted)
+
     def _apply(self, ev: Event, t: int, out: list) -> None:
         st = self._key(ev.user_id)
+        vals = self._vector(ev.user_id, st)
         sliding = self.cs.sliding
         for gid in self.cs.groups_for(ev):
             g = self.cs.groups[gid]
@@ -266,11 +272,12 @@ class ShardEngine:
                     self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
                 else:
                     self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.lateness))
-            gs.fill(g, st.vals, t)
-        self._changed(ev.user_id, st, t, "event", out)
+            gs.fill(g, vals, t)
+        self._changed(ev.user_id, st, t, "event", out, vals)
 
     def _correct(self, ev: Event, w: int, out: list) -> None:
         st = self._key(ev.user_id)
+        vals = self._vector(ev.user_id, st)
         touched = False
         for gid in self.cs.groups_for(ev):
             g = self.cs.groups[gid]
@@ -286,8 +293,8 @@ class ShardEngine:
                 gs.prune(g, w, self.config.allowed_lateness)
                 self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, w, self.lateness))
             touched = True
-            self._refresh(st, gid, w)
-        if touched and self._changed(ev.user_id, st, w, "correction", out):
+            self._refresh(st, gid, w, vals)
+        if touched and self._changed(ev.user_id, st, w, "correction", out, vals):
             self.counts["corrections"] += 1
         self._maybe_drop(ev.user_id, st)
 
@@ -308,8 +315,9 @@ class ShardEngine:
             self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
         if gs.is_empty():
             st.groups[gid] = None
-        self._refresh(st, gid, t)
-        self._changed(key, st, t, "decay", out)
+        vals = self._vector(key, st)
+        self._refresh(st, gid, t, vals)
+        self._changed(key, st, t, "decay", out, vals)
         self._maybe_drop(key, st)
 
     def _schedule(self, key: str, gid: int, gs: Any, t: int | None) -> None:
@@ -317,19 +325,20 @@ class ShardEngine:
             gs.timer_at = t
             heapq.heappush(self.timers, (t, key, gid))
 
-    def _refresh(self, st: KeyState, gid: int, now: int) -> None:
+    def _refresh(self, st: KeyState, gid: int, now: int, vals: list) -> None:
         g = self.cs.groups[gid]
         gs = st.groups[gid]
         if gs is None:
             for m in g.members:
-                st.vals[m.slot] = m.agg.empty_value
+                vals[m.slot] = m.agg.empty_value
         else:
-            gs.fill(g, st.vals, now)
+            gs.fill(g, vals, now)
 
     # -- rows ----------------------------------------------------------------------------
-    def _changed(self, key: str, st: KeyState, t: int, cause: str, out: list) -> bool:
+    def _changed(self, key: str, st: KeyState, t: int, cause: str, out: list,
+                 vals: list) -> bool:
         """Record the key's vector at t if it differs from the latest one; True if recorded."""
-        vec = tuple(st.vals)
+        vec = tuple(vals)
         row = self.open_rows.get(key)
         if row is not None:
             if row[1] == vec:
@@ -378,7 +387,7 @@ class ShardEngine:
     def snapshot(self) -> bytes:
         """An immutable copy of the state (pickled bytes), as Bytewax recovery requires."""
         state = {
-            "keys": {k: (v.groups, v.vals, v.emitted) for k, v in self.keys.items()},
+            "keys": {k: (v.groups, v.emitted) for k, v in self.keys.items()},
             "buffer": self.buffer, "timers": self.timers, "open_rows": self.open_rows,
             "max_seen": self.max_seen, "max_seen_wall": self.max_seen_wall,
             "frontier": self.frontier, "end_hint": self.end_hint, "seq": self.seq,
@@ -388,9 +397,9 @@ class ShardEngine:
 
     def _restore(self, blob: bytes) -> None:
         state = pickle.loads(blob)
-        for k, (groups, vals, emitted) in state.pop("keys").items():
+        for k, (groups, emitted) in state.pop("keys").items():
             ks = KeyState.__new__(KeyState)
-            ks.groups, ks.vals, ks.emitted = groups, vals, emitted
+            ks.groups, ks.emitted = groups, emitted
             self.keys[k] = ks
         for name, value in state.items():
             setattr(self, name, value)

@@ -65,58 +65,58 @@ class SessionGroup:
 class SlidingState:
     """Panes of one key for one `SlidingGroup`, with per-feature window aggregates.
 
-    For member m: panes[pos[m]:] are inside its window. Exact-revert members keep `run[m]`;
-    others keep a two-stacks queue: `front[m]` holds suffix aggregates of panes
-    pos..split-1 (top = oldest), `back[m]` aggregates panes split..last-1; the last pane is
-    merged in at read time because it may still be updated.
+    Per member i, four fields live in one flat list `m` at `4*i` (one list instead of five
+    keeps a typical key's state small): `pos` (panes[pos:] are inside its window), `acc`,
+    `front` and `split`. Exact-revert members keep the window's running IR in `acc`. Others
+    keep a two-stacks queue: `front` holds suffix aggregates of panes pos..split-1 (top =
+    oldest; None when empty) and `acc` aggregates panes split..last-1; the last pane is merged
+    in at read time because it may still be updated.
     """
 
-    __slots__ = ("back", "front", "panes", "pos", "run", "split", "timer_at")
+    __slots__ = ("m", "panes", "timer_at")
 
     def __init__(self, group: SlidingGroup) -> None:
-        members = group.members
         self.panes: list[list] = []
-        self.pos = [0] * len(members)
-        self.run = [m.agg.empty() if m.agg.exact_revert else None for m in members]
-        self.front: list[list | None] = [None if m.agg.exact_revert else [] for m in members]
-        self.back = [None if m.agg.exact_revert else m.agg.empty() for m in members]
-        self.split = [0] * len(members)
+        m: list = []
+        for mem in group.members:
+            m += [0, mem.agg.empty(), None, 0]
+        self.m = m
         self.timer_at: int | None = None
 
     # -- reads ---------------------------------------------------------------------------
     def value(self, group: SlidingGroup, i: int) -> Any:
-        m = group.members[i]
-        agg = m.agg
+        agg = group.members[i].agg
+        m, b = self.m, 4 * i
         if agg.exact_revert:
-            return agg.result(self.run[i])
+            return agg.result(m[b + 1])
         last = len(self.panes) - 1
-        if self.pos[i] > last:
+        if m[b] > last:
             return agg.empty_value
-        front = self.front[i]
+        front = m[b + 2]
         acc = agg.copy(front[-1]) if front else agg.empty()
-        acc = agg.merge(acc, self.back[i])
+        acc = agg.merge(acc, m[b + 1])
         return agg.result(agg.merge(acc, self.panes[last][i + 1]))
+
+    def fill(self, group: SlidingGroup, vals: list, now: int) -> None:
+        """Write every member's current value into its slot of the key's vector."""
+        for i, mem in enumerate(group.members):
+            vals[mem.slot] = self.value(group, i)
 
     def is_empty(self) -> bool:
         return not self.panes
 
     def next_eviction(self, group: SlidingGroup) -> int | None:
         """Earliest boundary at which some member's oldest pane leaves its window."""
-        panes, best = self.panes, None
-        for i, m in enumerate(group.members):
-            p = self.pos[i]
+        panes, m, best = self.panes, self.m, None
+        for i, mem in enumerate(group.members):
+            p = m[4 * i]
             if p < len(panes):
-                t = (panes[p][0] + m.n_panes) * group.slide
+                t = (panes[p][0] + mem.n_panes) * group.slide
                 if best is None or t < best:
                     best = t
         return best
 
     # -- writes --------------------------------------------------------------------------
-    def fill(self, group: SlidingGroup, vals: list, now: int) -> None:
-        """Write every member's current value into its slot of the key's vector."""
-        for i, m in enumerate(group.members):
-            vals[m.slot] = self.value(group, i)
-
     def add(self, group: SlidingGroup, ev: Any, t: int) -> bool:
         """Fold an in-order event at time t (>= every earlier event) into its pane.
         True when it opened a pane (the only time the next eviction can move earlier)."""
@@ -126,107 +126,119 @@ class SlidingState:
         if opened:
             self._open_pane(group, q)
         pane = panes[-1]
-        run = self.run
-        for i, m in enumerate(group.members):
-            x = m.get(ev)
-            agg = m.agg
+        m = self.m
+        for i, mem in enumerate(group.members):
+            x = mem.get(ev)
+            agg = mem.agg
             pane[i + 1] = agg.update(pane[i + 1], x)
             if agg.exact_revert:
-                run[i] = agg.update(run[i], x)
+                m[4 * i + 1] = agg.update(m[4 * i + 1], x)
         return opened
 
     def _open_pane(self, group: SlidingGroup, q: int) -> None:
-        panes = self.panes
+        panes, m = self.panes, self.m
         last = len(panes) - 1
-        for i, m in enumerate(group.members):
-            if m.agg.exact_revert:
+        for i, mem in enumerate(group.members):
+            agg = mem.agg
+            if agg.exact_revert:
                 continue
-            if self.pos[i] <= last:  # the previous last pane is closed: move it to back
-                self.back[i] = m.agg.merge(self.back[i], m.agg.copy(panes[last][i + 1]))
+            b = 4 * i
+            if m[b] <= last:  # the previous last pane is closed: move it into acc (back)
+                m[b + 1] = agg.merge(m[b + 1], agg.copy(panes[last][i + 1]))
             else:  # window was empty: the new pane starts a fresh queue
-                self.front[i] = []
-                self.back[i] = m.agg.empty()
-                self.split[i] = last + 1
-        panes.append([q, *(m.agg.empty() for m in group.members)])
+                m[b + 1], m[b + 2], m[b + 3] = agg.empty(), None, last + 1
+        panes.append([q, *(mem.agg.empty() for mem in group.members)])
 
     def evict_until(self, group: SlidingGroup, t: int) -> bool:
         """Drop from each member's window the panes whose window ends at or before t."""
-        panes, changed = self.panes, False
-        for i, m in enumerate(group.members):
-            horizon = t // group.slide - m.n_panes  # panes with index <= horizon are out
-            while self.pos[i] < len(panes) and panes[self.pos[i]][0] <= horizon:
-                self._evict_one(m, i)
+        panes, m, changed = self.panes, self.m, False
+        for i, mem in enumerate(group.members):
+            horizon = t // group.slide - mem.n_panes  # panes with index <= horizon are out
+            while m[4 * i] < len(panes) and panes[m[4 * i]][0] <= horizon:
+                self._evict_one(mem, i)
                 changed = True
         self._compact()
         return changed
 
-    def _evict_one(self, m: Member, i: int) -> None:
-        p, panes, agg = self.pos[i], self.panes, m.agg
+    def _evict_one(self, mem: Member, i: int) -> None:
+        m, panes, agg, b = self.m, self.panes, mem.agg, 4 * i
+        p = m[b]
         last = len(panes) - 1
         if agg.exact_revert:
-            self.run[i] = agg.unmerge(self.run[i], panes[p][i + 1])
+            m[b + 1] = agg.unmerge(m[b + 1], panes[p][i + 1])
         elif p == last:
-            self.front[i], self.back[i], self.split[i] = [], agg.empty(), p + 1
+            m[b + 1], m[b + 2], m[b + 3] = agg.empty(), None, p + 1
         else:
-            if not self.front[i]:  # flip: suffix aggregates over closed panes p..last-1
+            if not m[b + 2]:  # flip: suffix aggregates over closed panes p..last-1
                 front, acc = [], agg.empty()
                 for k in range(last - 1, p - 1, -1):
                     acc = agg.merge(agg.copy(acc), panes[k][i + 1])
                     front.append(acc)
-                self.front[i], self.back[i], self.split[i] = front, agg.empty(), last
-            self.front[i].pop()
-        self.pos[i] = p + 1
+                m[b + 1], m[b + 2], m[b + 3] = agg.empty(), front, last
+            m[b + 2].pop()
+        m[b] = p + 1
 
     def _compact(self) -> None:
-        head = min(self.pos) if self.pos else 0
+        m, n = self.m, len(self.m) // 4
+        head = min(m[4 * i] for i in range(n)) if n else 0
         if head == 0:
             return
         if head >= len(self.panes):
             self.panes.clear()
-            self.pos = [0] * len(self.pos)
-            self.split = [0] * len(self.split)
+            for i in range(n):
+                m[4 * i] = m[4 * i + 3] = 0
             return
         if head >= 16 and head * 2 >= len(self.panes):
             del self.panes[:head]
-            self.pos = [p - head for p in self.pos]
-            self.split = [max(s - head, 0) for s in self.split]
+            for i in range(n):
+                m[4 * i] -= head
+                m[4 * i + 3] = max(m[4 * i + 3] - head, 0)
 
     def correct(self, group: SlidingGroup, ev: Any, t: int, now: int) -> bool:
-        """Apply a late event (t <= now) as of `now`; False when it is outside every window."""
+        """Apply a late event (t <= now) as of `now`; False when it is outside every window.
+
+        Usually its pane still exists: the value goes into the pane and into whatever
+        aggregate covers that pane (O(1), or O(front) for a pane in a front stack). A pane
+        that has to be inserted makes the group rebuild its aggregates once.
+        """
         q = t // group.slide
         now_q = now // group.slide
-        if all(q <= now_q - m.n_panes for m in group.members):
+        if all(q <= now_q - mem.n_panes for mem in group.members):
             return False
-        panes = self.panes
-        idx = [p[0] for p in panes]
-        k = bisect_left(idx, q)
+        panes, m = self.panes, self.m
+        k = bisect_left(panes, q, key=lambda p: p[0])
         if k == len(panes) or panes[k][0] != q:
-            panes.insert(k, [q, *(m.agg.empty() for m in group.members)])
+            panes.insert(k, [q, *(mem.agg.empty() for mem in group.members)])
+            for i, mem in enumerate(group.members):
+                panes[k][i + 1] = mem.agg.update(panes[k][i + 1], mem.get(ev))
+            self.rebuild(group, now)
+            return True
+        last = len(panes) - 1
         pane = panes[k]
-        for i, m in enumerate(group.members):
-            pane[i + 1] = m.agg.update(pane[i + 1], m.get(ev))
-        self.rebuild(group, now)
+        for i, mem in enumerate(group.members):
+            agg, b, x = mem.agg, 4 * i, mem.get(ev)
+            pane[i + 1] = agg.update(pane[i + 1], x)
+            if k < m[b] or (k == last and not agg.exact_revert):
+                continue  # outside this member's window, or the open pane (read live)
+            if agg.exact_revert or k >= m[b + 3]:
+                m[b + 1] = agg.update(m[b + 1], x)  # running IR, or the back aggregate
+            else:  # inside the front stack: every suffix aggregate from pos..k covers it
+                front = m[b + 2]
+                for j in range(len(front) - 1, len(front) - 2 - (k - m[b]), -1):
+                    front[j] = agg.update(front[j], x)
         return True
 
     def rebuild(self, group: SlidingGroup, now: int) -> None:
         """Recompute pointers and window aggregates from the panes, as of `now`."""
-        panes = self.panes
-        idx = [p[0] for p in panes]
+        panes, m = self.panes, self.m
         last = len(panes) - 1
-        for i, m in enumerate(group.members):
-            agg = m.agg
-            p = bisect_left(idx, now // group.slide - m.n_panes + 1)
-            self.pos[i] = p
-            if agg.exact_revert:
-                acc = agg.empty()
-                for k in range(p, last + 1):
-                    acc = agg.merge(acc, panes[k][i + 1])
-                self.run[i] = acc
-            else:
-                acc = agg.empty()
-                for k in range(p, last):
-                    acc = agg.merge(acc, agg.copy(panes[k][i + 1]))
-                self.front[i], self.back[i], self.split[i] = [], acc, p
+        for i, mem in enumerate(group.members):
+            agg, b = mem.agg, 4 * i
+            p = bisect_left(panes, now // group.slide - mem.n_panes + 1, key=lambda x: x[0])
+            acc = agg.empty()
+            for k in range(p, last + 1 if agg.exact_revert else last):
+                acc = agg.merge(acc, agg.copy(panes[k][i + 1]))
+            m[b], m[b + 1], m[b + 2], m[b + 3] = p, acc, None, p
         self._compact()
 
 

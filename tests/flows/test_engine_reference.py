@@ -200,3 +200,31 @@ def test_correction_is_stamped_at_the_watermark():
         (BASE + 10 * MIN, "event"), (BASE + 12 * MIN, "correction")]
     count = SPEC.feature_names.index("purchase_count_30m")
     assert rows[1].values[count] == 2 and eng.counts["corrections"] == 1
+
+
+def _purchase(i: int, t: int, amount: float, user: str = "u") -> dict:
+    return {"event_id": i, "user_id": user, "event_type": "purchase", "amount": amount,
+            "category": "", "event_timestamp": t}
+
+
+def test_late_events_into_front_stack_back_aggregate_and_open_pane():
+    """Corrections land in every part of a min/max two-stacks queue: a pane in the front
+    stack (after a flip), one in the back aggregate, the open pane, and a missing pane."""
+    arrived = [_purchase(m, BASE + m * MIN + 1, 50.0 - m) for m in range(7)]
+    arrived.append(_purchase(7, BASE + 8 * MIN + 30_000_000, 45.0))  # evicts panes 0, 1
+    late = [(BASE + 3 * MIN + 10_000_000, 1.0),  # a pane in the front stack (pane 3)
+            (BASE + 6 * MIN + 5, 0.5),  # the back aggregate (pane 6)
+            (BASE + 8 * MIN + 1, 0.25),  # the open pane (8)
+            (BASE + 7 * MIN + 9, 0.125)]  # a pane that did not exist (7)
+    for k, (t, amount) in enumerate(late):
+        arrived.append(_purchase(8 + 2 * k, t, amount))
+        tick = dict(_purchase(9 + 2 * k, BASE + 8 * MIN + 31_000_000 + k, 0.0, user="v"))
+        arrived.append({**tick, "event_type": "view"})  # moves the watermark on
+    arrived.append(_purchase(99, BASE + 20 * MIN, 9.0))  # later: the fixes decay again
+    for spec in (SPEC, EXTRA_SPEC):
+        check_against_reference(spec, arrived, 0, 10 * MIN, batch=1)
+    _, out = run_engine(EXTRA_SPEC, arrived, 0, 10 * MIN, batch=1)
+    low = EXTRA_SPEC.feature_names.index("min_amount_7m")
+    corrections = [r.values[low] for r in out
+                   if isinstance(r, FeatureRow) and r.cause == "correction"]
+    assert corrections == [1.0, 0.5, 0.25, 0.125]
