@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
+
 from feast_bytewax.events import FeatureRow
 from feast_bytewax.sinks import FeastSink, FeastSinkPartition, FeastWriter, rows_to_frame
 from feast_bytewax.spec import EngineSpec, load_spec

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from feast_bytewax.events import Event, Rejected
 from feast_bytewax.generate import (
     BAD_KINDS,

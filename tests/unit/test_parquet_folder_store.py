@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
+
 from feast_bytewax.stores import parquet_folder
 from feast_bytewax.stores.parquet_folder import (
     STORE_TYPE,

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
-from feast_bytewax.batch_reference import batch_features
-from feast_bytewax.spec import EngineSpec, FeatureSpec
-from feast_bytewax.timeutil import to_us
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from feast_bytewax.batch_reference import batch_features
+from feast_bytewax.spec import EngineSpec, FeatureSpec
+from feast_bytewax.timeutil import to_us
 from tests.reference import (
     arrival_model,
     canonical,

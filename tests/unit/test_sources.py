@@ -14,6 +14,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
+
 from feast_bytewax.deadletter import (
     DeadLetterSink,
     count_by_code,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
+
 from feast_bytewax.events import Event, Rejected
 from feast_bytewax.timeutil import to_us
 from feast_bytewax.validate import REASON_CODES, from_record, parse_json, reason_code
