@@ -37,6 +37,9 @@ class Aggregator(ABC):
     name: ClassVar[str]
     dtype: ClassVar[str]
     exact_revert: ClassVar[bool] = False
+    # True when `merge(a, b)` always equals a or b (min, max): a sliding window can then
+    # drop every candidate that a newer one dominates.
+    monotonic: ClassVar[bool] = False
     empty_value: ClassVar[Any] = None
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
@@ -151,10 +154,12 @@ class Mean(Sum):
 
 
 class _Extreme(Aggregator):
-    """Min or max; None when empty. IR: the value or None. Not revertible: sliding windows
-    keep a two-stacks queue over panes instead (see panes.py)."""
+    """Min or max; None when empty. IR: the value or None. Not revertible, but `monotonic`:
+    sliding windows keep a monotonic queue of (pane, best) candidates (see panes.py), so a
+    24 h max holds a handful of entries instead of every pane of the day."""
 
     dtype = "float64"
+    monotonic = True
     _pick: ClassVar[Any]
 
     def empty(self) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feast_bytewax.aggregators import Aggregator
+from feast_bytewax.monotonic import MonoQueue, mono_insert, mono_push
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +41,17 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class SlidingGroup:
-    """Compiled description of features sharing a filter and a slide."""
+    """Compiled description of features sharing a filter and a slide.
+
+    `mono[i]` marks members whose aggregator is `monotonic` (min, max): they keep their own
+    monotonic candidate queue and do not need the shared panes, so a long window (24 h max)
+    does not pin a day of panes for the short-window features beside it.
+    """
 
     gid: int
     slide: int
     members: tuple[Member, ...]
+    mono: tuple[bool, ...] = ()
 
     def new_state(self) -> SlidingState:
         return SlidingState(self)
@@ -78,8 +85,8 @@ class SlidingState:
     def __init__(self, group: SlidingGroup) -> None:
         self.panes: list[list] = []
         m: list = []
-        for mem in group.members:
-            m += [0, mem.agg.empty(), None, 0]
+        for mem, mono in zip(group.members, group.mono, strict=True):
+            m += [0, MonoQueue() if mono else mem.agg.empty(), None, 0]
         self.m = m
         self.timer_at: int | None = None
 
@@ -89,6 +96,9 @@ class SlidingState:
         m, b = self.m, 4 * i
         if agg.exact_revert:
             return agg.result(m[b + 1])
+        if group.mono[i]:
+            dq = m[b + 1]
+            return agg.result(dq[1]) if dq else agg.empty_value
         last = len(self.panes) - 1
         if m[b] > last:
             return agg.empty_value
@@ -103,17 +113,28 @@ class SlidingState:
             vals[mem.slot] = self.value(group, i)
 
     def is_empty(self) -> bool:
-        return not self.panes
+        return not self.panes and not any(
+            self.m[4 * i + 1] for i, mono in enumerate(self._mono_flags()) if mono)
+
+    def _mono_flags(self) -> list[bool]:
+        return [type(self.m[4 * i + 1]) is MonoQueue for i in range(len(self.m) // 4)]
 
     def next_eviction(self, group: SlidingGroup) -> int | None:
         """Earliest boundary at which some member's oldest pane leaves its window."""
         panes, m, best = self.panes, self.m, None
         for i, mem in enumerate(group.members):
-            p = m[4 * i]
-            if p < len(panes):
+            if group.mono[i]:
+                dq = m[4 * i + 1]
+                if not dq:
+                    continue
+                t = (dq[0] + mem.n_panes) * group.slide
+            else:
+                p = m[4 * i]
+                if p >= len(panes):
+                    continue
                 t = (panes[p][0] + mem.n_panes) * group.slide
-                if best is None or t < best:
-                    best = t
+            if best is None or t < best:
+                best = t
         return best
 
     # -- writes --------------------------------------------------------------------------
@@ -121,15 +142,19 @@ class SlidingState:
         """Fold an in-order event at time t (>= every earlier event) into its pane.
         True when it opened a pane (the only time the next eviction can move earlier)."""
         q = t // group.slide
-        panes = self.panes
-        opened = not panes or panes[-1][0] != q
-        if opened:
-            self._open_pane(group, q)
-        pane = panes[-1]
-        m = self.m
+        panes, m, mono = self.panes, self.m, group.mono
+        opened = False
+        if not all(mono):
+            opened = not panes or panes[-1][0] != q
+            if opened:
+                self._open_pane(group, q)
+        pane = panes[-1] if panes else None
         for i, mem in enumerate(group.members):
             x = mem.get(ev)
             agg = mem.agg
+            if mono[i]:
+                opened = mono_push(m[4 * i + 1], q, x, agg) or opened
+                continue
             pane[i + 1] = agg.update(pane[i + 1], x)
             if agg.exact_revert:
                 m[4 * i + 1] = agg.update(m[4 * i + 1], x)
@@ -140,7 +165,7 @@ class SlidingState:
         last = len(panes) - 1
         for i, mem in enumerate(group.members):
             agg = mem.agg
-            if agg.exact_revert:
+            if agg.exact_revert or group.mono[i]:
                 continue
             b = 4 * i
             if m[b] <= last:  # the previous last pane is closed: move it into acc (back)
@@ -154,6 +179,12 @@ class SlidingState:
         panes, m, changed = self.panes, self.m, False
         for i, mem in enumerate(group.members):
             horizon = t // group.slide - mem.n_panes  # panes with index <= horizon are out
+            if group.mono[i]:
+                dq = m[4 * i + 1]
+                while dq and dq[0] <= horizon:
+                    del dq[:2]
+                    changed = True
+                continue
             while m[4 * i] < len(panes) and panes[m[4 * i]][0] <= horizon:
                 self._evict_one(mem, i)
                 changed = True
@@ -179,18 +210,19 @@ class SlidingState:
         m[b] = p + 1
 
     def _compact(self) -> None:
-        m, n = self.m, len(self.m) // 4
-        head = min(m[4 * i] for i in range(n)) if n else 0
+        m = self.m
+        users = [i for i, mono in enumerate(self._mono_flags()) if not mono]
+        head = min((m[4 * i] for i in users), default=len(self.panes))
         if head == 0:
             return
         if head >= len(self.panes):
             self.panes.clear()
-            for i in range(n):
+            for i in users:
                 m[4 * i] = m[4 * i + 3] = 0
             return
         if head >= 16 and head * 2 >= len(self.panes):
             del self.panes[:head]
-            for i in range(n):
+            for i in users:
                 m[4 * i] -= head
                 m[4 * i + 3] = max(m[4 * i + 3] - head, 0)
 
@@ -205,17 +237,25 @@ class SlidingState:
         now_q = now // group.slide
         if all(q <= now_q - mem.n_panes for mem in group.members):
             return False
-        panes, m = self.panes, self.m
+        panes, m, mono = self.panes, self.m, group.mono
+        for i, mem in enumerate(group.members):
+            if mono[i] and q > now_q - mem.n_panes:
+                mono_insert(m[4 * i + 1], q, mem.get(ev), mem.agg)
+        if all(q <= now_q - mem.n_panes for i, mem in enumerate(group.members) if not mono[i]):
+            return True
         k = bisect_left(panes, q, key=lambda p: p[0])
         if k == len(panes) or panes[k][0] != q:
             panes.insert(k, [q, *(mem.agg.empty() for mem in group.members)])
             for i, mem in enumerate(group.members):
-                panes[k][i + 1] = mem.agg.update(panes[k][i + 1], mem.get(ev))
+                if not mono[i]:
+                    panes[k][i + 1] = mem.agg.update(panes[k][i + 1], mem.get(ev))
             self.rebuild(group, now)
             return True
         last = len(panes) - 1
         pane = panes[k]
         for i, mem in enumerate(group.members):
+            if mono[i]:
+                continue
             agg, b, x = mem.agg, 4 * i, mem.get(ev)
             pane[i + 1] = agg.update(pane[i + 1], x)
             if k < m[b] or (k == last and not agg.exact_revert):
@@ -233,6 +273,8 @@ class SlidingState:
         panes, m = self.panes, self.m
         last = len(panes) - 1
         for i, mem in enumerate(group.members):
+            if group.mono[i]:
+                continue  # its queue does not depend on the panes
             agg, b = mem.agg, 4 * i
             p = bisect_left(panes, now // group.slide - mem.n_panes + 1, key=lambda x: x[0])
             acc = agg.empty()
