@@ -220,3 +220,14 @@ def shipped_spec() -> EngineSpec:
     views = [v for v in vars(features).values() if isinstance(v, StreamFeatureView)]
     ents = [e for e in vars(entities).values() if isinstance(e, Entity)]
     return compile_views(views, entities=ents)
+
+
+def same_value(a: Any, b: Any, rel: float = 1e-9) -> bool:
+    """Feature values equal for tests: both missing (None, NaN, pandas NA), or numbers within
+    `rel` (means are compared to 1e-9; counts are exact in floats)."""
+    import pandas as pd
+
+    a_missing, b_missing = bool(pd.isna(a)), bool(pd.isna(b))
+    if a_missing or b_missing:
+        return a_missing and b_missing
+    return abs(float(a) - float(b)) <= rel * max(1.0, abs(float(b)))

@@ -5,7 +5,6 @@ land in the dead-letter file with their reasons and the summary adds up."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import subprocess
@@ -29,10 +28,7 @@ START = datetime(2026, 10, 1, tzinfo=UTC)
 
 
 def close(a, b) -> bool:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
-        return (a is None or (isinstance(a, float) and math.isnan(a))) and \
-               (b is None or (isinstance(b, float) and math.isnan(b)))
-    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return ref.same_value(a, b)
 
 
 @pytest.fixture(scope="module")

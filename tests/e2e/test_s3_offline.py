@@ -10,7 +10,6 @@ them as the AWS SDK does).
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -49,10 +48,7 @@ entity_key_serialization_version: 3
 
 
 def close(a, b) -> bool:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
-        return (a is None or (isinstance(a, float) and math.isnan(a))) and \
-               (b is None or (isinstance(b, float) and math.isnan(b)))
-    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return ref.same_value(a, b)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ reference. Two ingestion paths, each with its own repo, Redis db and server:
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -33,10 +32,7 @@ EPOCH_ISO = "1970-01-01T00:00:00Z"
 
 
 def close(a, b) -> bool:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
-        return (a is None or (isinstance(a, float) and math.isnan(a))) and \
-               (b is None or (isinstance(b, float) and math.isnan(b)))
-    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return ref.same_value(a, b)
 
 
 @pytest.fixture(scope="module")
