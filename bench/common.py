@@ -6,13 +6,12 @@ children's peak RSS holds only what their contender needs.
 
 from __future__ import annotations
 
-import gc
 import pickle
 import statistics
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from types import BuiltinFunctionType, FunctionType, MethodType, ModuleType
 from typing import Any
@@ -52,21 +51,6 @@ def iter_validated(path: str | Path, batch_size: int = BATCH) -> Iterator[list[E
             yield [e for e in out if type(e) is Event]
     finally:
         part.close()
-
-
-@contextmanager
-def gc_frozen():
-    """The GC settings feast_bytewax.runner applies to replays, applied to every contender
-    alike (full GC passes over millions of long-lived state objects cost ~2x)."""
-    gc.collect()
-    gc.freeze()
-    old = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()
 
 
 # -- counting sink -------------------------------------------------------------------------

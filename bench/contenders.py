@@ -22,7 +22,6 @@ from bench.common import (
     CountingSink,
     deep_size,
     distribution,
-    gc_frozen,
     iter_validated,
     load_spec,
     rss,
@@ -30,6 +29,7 @@ from bench.common import (
     vm_status,
 )
 from feast_bytewax.config import FlowConfig
+from feast_bytewax.runner import gc_frozen
 from feast_bytewax.timeutil import US_PER_S
 
 

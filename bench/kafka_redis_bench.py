@@ -399,7 +399,7 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     from feast_bytewax.config import FlowConfig
     from feast_bytewax.live import LiveOptions, build_live_flow
     from feast_bytewax.metrics import KAFKA_LAG, FlowStats
-    from feast_bytewax.runner import _gc_frozen
+    from feast_bytewax.runner import gc_frozen
 
     cfg = FlowConfig(repo_path=repo, watermark_delay_s=args.delay,
                      flush_interval_s=args.flush, batch_size=args.batch_size,
@@ -462,7 +462,7 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     cpu0, t0 = time.process_time(), time.perf_counter()
     ticker.start()
     try:
-        with _gc_frozen():
+        with gc_frozen():
             cli_main(flow, workers_per_process=1,
                      epoch_interval=timedelta(seconds=args.epoch))
     finally:

@@ -473,7 +473,7 @@ def run_live(opts: LiveOptions, on_progress: Callable[[Any, LiveParts], None] | 
     from bytewax.run import cli_main
 
     from feast_bytewax.metrics import FlowStats, FreshnessSLO, serve_metrics
-    from feast_bytewax.runner import _gc_frozen  # full GC passes over long-lived state: ~2x
+    from feast_bytewax.runner import gc_frozen  # full GC passes over long-lived state: ~2x
 
     stats = FlowStats()
     slo = FreshnessSLO(opts.freshness_slo_s) if opts.freshness_slo_s else None
@@ -502,7 +502,7 @@ def run_live(opts: LiveOptions, on_progress: Callable[[Any, LiveParts], None] | 
     signals = _Signals(parts.stop, abort_first=recovery is not None) if handle_signals \
         else None
     try:
-        with signals or contextlib.nullcontext(), _gc_frozen():
+        with signals or contextlib.nullcontext(), gc_frozen():
             cli_main(flow, workers_per_process=opts.workers,
                      epoch_interval=timedelta(seconds=opts.epoch_interval_s),
                      recovery_config=recovery)

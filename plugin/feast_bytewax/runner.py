@@ -67,7 +67,7 @@ class ReplayResult:
 
 
 @contextmanager
-def _gc_frozen():
+def gc_frozen():
     """Full GC passes over millions of long-lived state objects cost ~2x; freeze them."""
     gc.collect()
     gc.freeze()
@@ -139,7 +139,7 @@ def run_replay(
         ticker.start()
     t0 = time.perf_counter()
     try:
-        with _gc_frozen():
+        with gc_frozen():
             cli_main(flow, workers_per_process=workers, epoch_interval=REPLAY_EPOCH)
     finally:
         done.set()
