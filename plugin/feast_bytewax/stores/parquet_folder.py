@@ -237,6 +237,16 @@ def _check_source(source: Any, what: str) -> FileSource:
     return source
 
 
+def _pull(dask_pull: Callable, config: RepoConfig, data_source: DataSource,
+          join_key_columns: list[str], feature_name_columns: list[str], *rest: Any) -> RetrievalJob:
+    """Feast's dask pull (latest or all) with its folder read swapped for ours."""
+    _check_config(config)
+    source = _check_source(data_source, "data_source")
+    job = dask_pull(config, source, join_key_columns, feature_name_columns, *rest)
+    hint = {c: pa.null() for c in join_key_columns + feature_name_columns}
+    return _with_reader(job, _reader(config, {source.name: hint}))
+
+
 class ParquetFolderOfflineStore(DaskOfflineStore):
     """Feast's dask/file offline store with append-only folder writes and pyarrow reads."""
 
@@ -276,14 +286,9 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        _check_config(config)
-        source = _check_source(data_source, "data_source")
-        job = DaskOfflineStore.pull_latest_from_table_or_query(
-            config, source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date,
-        )
-        hint = {c: pa.null() for c in join_key_columns + feature_name_columns}
-        return _with_reader(job, _reader(config, {source.name: hint}))
+        return _pull(DaskOfflineStore.pull_latest_from_table_or_query, config, data_source,
+                     join_key_columns, feature_name_columns, timestamp_field,
+                     created_timestamp_column, start_date, end_date)
 
     @staticmethod
     def pull_all_from_table_or_query(
@@ -296,14 +301,9 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        _check_config(config)
-        source = _check_source(data_source, "data_source")
-        job = DaskOfflineStore.pull_all_from_table_or_query(
-            config, source, join_key_columns, feature_name_columns, timestamp_field,
-            created_timestamp_column, start_date, end_date,
-        )
-        hint = {c: pa.null() for c in join_key_columns + feature_name_columns}
-        return _with_reader(job, _reader(config, {source.name: hint}))
+        return _pull(DaskOfflineStore.pull_all_from_table_or_query, config, data_source,
+                     join_key_columns, feature_name_columns, timestamp_field,
+                     created_timestamp_column, start_date, end_date)
 
     @staticmethod
     def offline_write_batch(
