@@ -67,7 +67,7 @@ def run_cli(repo: Path, *extra: str) -> tuple[int, dict]:
     from feast_bytewax.cli import main
 
     out = repo / "data/skew"
-    code = main(["skew", "--repo", str(repo), "--events", "data/events.parquet",
+    code = main(["skew", "--repo", str(repo), "--events", str(repo / "data/events.parquet"),
                  "--out", str(out), *extra])
     return code, json.loads((out / "skew_report.json").read_text())
 
@@ -239,7 +239,7 @@ def test_served_vectors_are_checked_and_a_tampered_one_is_found(replayed, tmp_pa
     from feast_bytewax.skew import main
 
     code = main(argparse.Namespace(
-        repo=repo, events=Path("data/events.parquet"), out=Path("data/skew2"),
+        repo=repo, events=repo / "data/events.parquet", out=repo / "data/skew2",
         max_mismatch_rate=0.0))
     assert code == 1
     logged = json.loads((repo / "data/skew2/skew_report.json").read_text())["logged"]
