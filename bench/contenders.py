@@ -29,7 +29,7 @@ from bench.common import (
     vm_status,
 )
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.runner import gc_frozen
+from feast_bytewax.dataflow.replay import gc_frozen
 from feast_bytewax.timeutil import US_PER_S
 
 
@@ -69,9 +69,9 @@ def ours_step(args) -> dict[str, Any]:
     dataflow) each batch is split by `routing.shard_of` and each shard's part goes to its
     own engine, as `stateful_batch` would; `--shards 1` is one engine owning every key.
     Timed: `ingest` and the final `finish` calls only (validation and routing are not)."""
-    from feast_bytewax.engine import ShardEngine
-    from feast_bytewax.events import FeatureRow
-    from feast_bytewax.routing import shard_of
+    from feast_bytewax.engine.shard import ShardEngine
+    from feast_bytewax.records import FeatureRow
+    from feast_bytewax.engine.routing import shard_of
 
     spec = spec_without(load_spec(args.spec), args.skip)
     shards = args.shards
@@ -195,9 +195,9 @@ def breakdown_ours(engines, median: float | None) -> dict[str, Any]:
 
 # -- (c) ours: the full dataflow on one worker -------------------------------------------------
 def ours_flow(args) -> dict[str, Any]:
-    from feast_bytewax.flow import build_flow
-    from feast_bytewax.metrics import FlowStats
-    from feast_bytewax.sources import EventFileSource
+    from feast_bytewax.dataflow.flow import build_flow
+    from feast_bytewax.observability.metrics import FlowStats
+    from feast_bytewax.ingest.files import EventFileSource
 
     spec = spec_without(load_spec(args.spec), args.skip)
     stats = FlowStats()
@@ -216,9 +216,9 @@ def ours_flow(args) -> dict[str, Any]:
 # -- (a) baseline: built-in windowing operators in a dataflow ---------------------------------
 def baseline_flow(args) -> dict[str, Any]:
     from bench.baseline_windows import build_baseline_flow
-    from feast_bytewax.flow import make_validator
-    from feast_bytewax.metrics import FlowStats
-    from feast_bytewax.sources import EventFileSource
+    from feast_bytewax.dataflow.flow import make_validator
+    from feast_bytewax.observability.metrics import FlowStats
+    from feast_bytewax.ingest.files import EventFileSource
 
     spec = load_spec(args.spec)
     skip = tuple(args.skip)
@@ -317,14 +317,14 @@ def _logic_size(logic, seen: set[int]) -> int:
 
 # -- (d) ours: replay into Feast's embedded stores ---------------------------------------------
 def feast_replay(args) -> dict[str, Any]:
-    """`feast_bytewax.runner.run_replay` (the `feast-bytewax replay` command) into a copy of
+    """`feast_bytewax.dataflow.replay.run_replay` (the `feast-bytewax replay` command) into a copy of
     the repo (sqlite online store, parquet-folder offline store) under bench/out. Timed: the
     replay only (`feast apply` is reported apart)."""
     import os
     import warnings
     from pathlib import Path
 
-    from feast_bytewax.runner import apply_repo, run_replay
+    from feast_bytewax.dataflow.replay import apply_repo, run_replay
 
     warnings.filterwarnings("ignore", message="Stream feature views are experimental")
     repo = Path(args.repo).resolve()

@@ -6,7 +6,7 @@ Builds a temp repo (generated events replayed into the SQLite online store), the
 one-entity `get_online_features(feature_service)` calls:
 
 - in-process: two FeatureStores on the same repo, one with Feast's default provider, one with
-  `feast_bytewax.feature_logging.LoggingProvider` (sample rate 1.0: every request logged,
+  `feast_bytewax.stores.feature_logging.LoggingProvider` (sample rate 1.0: every request logged,
   the worst case; default 5 s flush interval), called alternately in rounds of 500 so that
   machine noise hits both alike;
 - through `feast serve` (1 worker each, same repo), a keep-alive HTTP client alternating
@@ -36,15 +36,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "user_fraud_features"
-LOGGING_YAML = "\nprovider: feast_bytewax.feature_logging.LoggingProvider\n"
+LOGGING_YAML = "\nprovider: feast_bytewax.stores.feature_logging.LoggingProvider\n"
 
 
 def build_repo(base: Path, events: int, users: int) -> tuple[Path, Path]:
     """(plain repo, yaml with the logging provider) sharing one registry and online store."""
     sys.path.insert(0, str(ROOT))
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.runner import run_replay
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.dataflow.replay import run_replay
     from tests.conftest import make_feast_repo
 
     repo = make_feast_repo(base / "repo")

@@ -9,7 +9,7 @@ Everything runs on this machine and is started and stopped here:
 - Kafka: librdkafka's mock cluster in its own process (`_broker` below; topics created with
   explicit partition counts, `--partitions`, through ctypes `rd_kafka_mock_topic_create`), so
   that the flow's process holds only the flow. Producers are separate processes too
-  (`_produce`): JSON events from `feast_bytewax.generate` (users, types, amounts,
+  (`_produce`): JSON events from `feast_bytewax.datagen.generate` (users, types, amounts,
   categories), key = user_id, linger 5 ms, lz4 batches (each mock partition keeps only
   ~5 MiB: compression and 8 partitions keep every pre-produced event; the bench checks the
   low watermarks). The mock broker answers a fetch only when `fetch.wait.max.ms` (500 ms)
@@ -19,7 +19,7 @@ Everything runs on this machine and is started and stopped here:
 - Feast: a temp repo configured like feature_store.redis.yaml (FastRedisProvider +
   FastRedisOnlineStore on that server; the parquet-folder offline store, in the temp dir).
 
-Runs, each on its own topic; the flow is `feast_bytewax.live.build_live_flow` run by Bytewax's
+Runs, each on its own topic; the flow is `feast_bytewax.dataflow.live.build_live_flow` run by Bytewax's
 `cli_main` with ONE worker (as `feast-bytewax run` does; epoch 2 s, recovery off):
 
 1. **max** (`--max-repeat` times): `--events` events pre-produced, stamped `--stamp-rate`
@@ -174,7 +174,7 @@ class _Payloads:
     """JSON messages of generated events; the timestamp is given at encoding time."""
 
     def __init__(self, n: int, users: int, seed: int) -> None:
-        from feast_bytewax.generate import generate_columns
+        from feast_bytewax.datagen.generate import generate_columns
 
         cols = generate_columns(n, users, seed=seed, late_fraction=0.0, jitter_s=0.0)
         self.users = [cols.user_ids[u] for u in cols.user_idx.tolist()]
@@ -397,9 +397,9 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     from bytewax.run import cli_main
 
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.live import LiveOptions, build_live_flow
-    from feast_bytewax.metrics import KAFKA_LAG, FlowStats
-    from feast_bytewax.runner import gc_frozen
+    from feast_bytewax.dataflow.live import LiveOptions, build_live_flow
+    from feast_bytewax.observability.metrics import KAFKA_LAG, FlowStats
+    from feast_bytewax.dataflow.replay import gc_frozen
 
     cfg = FlowConfig(repo_path=repo, watermark_delay_s=args.delay,
                      flush_interval_s=args.flush, batch_size=args.batch_size,
@@ -629,7 +629,7 @@ def _push_loop(broker: Broker, topic: str, repo: Path, n: int, warm: int, mode) 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
     from feast import FeatureStore
 
-    from feast_bytewax.validate import parse_timestamp_us
+    from feast_bytewax.ingest.validate import parse_timestamp_us
 
     store = FeatureStore(repo_path=str(repo))
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-baseline",
@@ -899,8 +899,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rev and not Path(feast_bytewax.__file__).resolve().is_relative_to(
             ROOT / "plugin"):
         code = f"feast_bytewax from {Path(feast_bytewax.__file__).parent} (PYTHONPATH)"
-    from feast_bytewax.runner import apply_repo, open_store
-    from feast_bytewax.spec import load_spec
+    from feast_bytewax.dataflow.replay import apply_repo, open_store
+    from feast_bytewax.features.spec import load_spec
     from tests.e2e.repos import copy_repo
     from tests.services import running_redis
 

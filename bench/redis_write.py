@@ -62,7 +62,7 @@ def make_repo(directory: Path, provider: str, store_type: str, connection: str,
 
 
 def rows_for(spec, keys: int, round_no: int):
-    from feast_bytewax.events import FeatureRow
+    from feast_bytewax.records import FeatureRow
 
     t0 = 1_763_000_000_000_000 + round_no * 60_000_000
     ints = [f.dtype.startswith("int") for f in spec.features]
@@ -81,8 +81,8 @@ class Variant:
     def __init__(self, name: str, repo: Path) -> None:
         from feast import FeatureStore
 
-        from feast_bytewax.sinks import FeastWriter
-        from feast_bytewax.spec import load_spec
+        from feast_bytewax.dataflow.feast_sink import FeastWriter
+        from feast_bytewax.features.spec import load_spec
 
         self.name = name
         store = FeatureStore(repo_path=str(repo))

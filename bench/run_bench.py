@@ -58,7 +58,7 @@ class Run:
 def make_inputs(out: Path, n_events: int, n_users: int, seed: int, prefix: int) -> dict:
     import pyarrow.parquet as pq
 
-    from feast_bytewax.generate import write_events
+    from feast_bytewax.datagen.generate import write_events
 
     full = out / f"events_{n_events}_{n_users}_{seed}.parquet"
     info = write_events(full, n_events, n_users, seed=seed)
@@ -77,7 +77,7 @@ def compile_spec(out: Path) -> Path:
     warnings.filterwarnings("ignore", message="Stream feature views are experimental")
     from feast import Entity, StreamFeatureView
 
-    from feast_bytewax.spec import compile_views
+    from feast_bytewax.features.spec import compile_views
     from feast_repo import entities, features
 
     views = [v for v in vars(features).values() if isinstance(v, StreamFeatureView)]

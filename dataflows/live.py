@@ -34,8 +34,8 @@ Variables (all optional except FEAST_BYTEWAX_SOURCE):
 
 import os
 
-from feast_bytewax.live import build_live_flow, options_from_env
-from feast_bytewax.metrics import FlowStats, FreshnessSLO, serve_metrics
+from feast_bytewax.dataflow.live import build_live_flow, options_from_env
+from feast_bytewax.observability.metrics import FlowStats, FreshnessSLO, serve_metrics
 
 options = options_from_env(os.environ)
 stats = FlowStats()

@@ -2,7 +2,7 @@
 
     FEAST_BYTEWAX_EVENTS=data/events.parquet python -m bytewax.run dataflows.replay -s 30
 
-Same flow as `feast-bytewax replay` (feast_bytewax.runner.build_replay_flow) without its
+Same flow as `feast-bytewax replay` (feast_bytewax.dataflow.replay.build_replay_flow) without its
 summary line. Use a long ``-s`` (epoch) when recovery is off: Bytewax snapshots every
 shard's state at each epoch end.
 
@@ -26,8 +26,8 @@ import os
 from datetime import UTC, datetime
 
 from feast_bytewax.config import flow_config_from_env
-from feast_bytewax.metrics import FlowStats
-from feast_bytewax.runner import build_replay_flow
+from feast_bytewax.observability.metrics import FlowStats
+from feast_bytewax.dataflow.replay import build_replay_flow
 
 
 def _aware(name: str) -> datetime | None:

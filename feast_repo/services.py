@@ -19,7 +19,7 @@ user_fraud_features = FeatureService(
     ],
     description="The five reference fraud features of shared/spec/features.md.",
     # Served vectors are logged here (sample_rate of requests) when feature_store.yaml uses
-    # the feast_bytewax.feature_logging.LoggingProvider; inert with the default provider.
+    # the feast_bytewax.stores.feature_logging.LoggingProvider; inert with the default provider.
     logging_config=LoggingConfig(
         destination=FileLoggingDestination(path="data/feature_logs/user_fraud_features"),
         sample_rate=1.0,

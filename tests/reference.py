@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from feast_bytewax.spec import EngineSpec, FeatureSpec, compile_views
+from feast_bytewax.features.spec import EngineSpec, FeatureSpec, compile_views
 
 # What a feature is worth over no events (the table in aggregators.py / README).
 EMPTY: dict[str, Any] = {

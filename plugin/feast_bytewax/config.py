@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from feast_bytewax.engine import EngineConfig
-from feast_bytewax.routing import DEFAULT_SHARDS
+from feast_bytewax.engine.shard import EngineConfig
+from feast_bytewax.engine.routing import DEFAULT_SHARDS
 from feast_bytewax.timeutil import US_PER_S
 
 

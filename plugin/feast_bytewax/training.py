@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from feast_bytewax.aggregators import make_aggregator
-from feast_bytewax.spec import EngineSpec, load_spec
+from feast_bytewax.features.aggregators import make_aggregator
+from feast_bytewax.features.spec import EngineSpec, load_spec
 
 
 def empty_values(spec: EngineSpec) -> dict[str, Any]:

@@ -34,10 +34,10 @@ def offline_frame(repo: Path) -> pd.DataFrame:
 
 def test_folder_of_shard_parts_equals_one_file(tmp_path):
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.routing import shard_of
-    from feast_bytewax.runner import run_replay
-    from feast_bytewax.skew import SkewOptions, compute_report
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.engine.routing import shard_of
+    from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.skew.report import SkewOptions, compute_report
 
     one = make_feast_repo(tmp_path / "one")
     start = (datetime.now(UTC) - timedelta(hours=8)).replace(microsecond=0)
@@ -73,9 +73,9 @@ def test_live_kafka_run_equals_replay_of_its_messages(kafka_mock, tmp_path):
     event time. The watermark delay exceeds the stream's span, so no event is late in either
     run whatever the interleaving of partitions (and the wall clock cannot differ)."""
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.generate import generate_events
-    from feast_bytewax.live import LiveOptions, run_live
-    from feast_bytewax.runner import run_replay
+    from feast_bytewax.datagen.generate import generate_events
+    from feast_bytewax.dataflow.live import LiveOptions, run_live
+    from feast_bytewax.dataflow.replay import run_replay
     from tests.e2e.test_kafka_live_e2e import as_json
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=45)

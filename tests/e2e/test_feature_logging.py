@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 SERVICE = "user_fraud_features"
 LOGGING_YAML = """
-provider: feast_bytewax.feature_logging.LoggingProvider
+provider: feast_bytewax.stores.feature_logging.LoggingProvider
 feast_bytewax_logging:
   flush_interval_s: 0.2
 """
@@ -36,8 +36,8 @@ def enable_logging(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def served_repo(tmp_path_factory) -> Path:
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.runner import run_replay
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.dataflow.replay import run_replay
 
     repo = make_feast_repo(tmp_path_factory.mktemp("logging") / "repo")
     start = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0)
@@ -60,7 +60,7 @@ def clear_logs(repo: Path) -> None:
     """Flush what earlier tests' stores still buffer, then remove the logs."""
     import shutil
 
-    from feast_bytewax.feature_logging import flush_all
+    from feast_bytewax.stores.feature_logging import flush_all
 
     flush_all()
     shutil.rmtree(log_dir(repo), ignore_errors=True)
@@ -69,7 +69,7 @@ def clear_logs(repo: Path) -> None:
 def read_logs(repo: Path) -> pd.DataFrame:
     from feast import FeatureStore
 
-    from feast_bytewax.feature_logging import read_logged_features
+    from feast_bytewax.stores.feature_logging import read_logged_features
 
     store = FeatureStore(repo_path=str(repo))
     return read_logged_features(store, SERVICE)
@@ -78,7 +78,7 @@ def read_logs(repo: Path) -> pd.DataFrame:
 def test_logging_provider_is_loaded_and_passes_through(served_repo):
     from feast import FeatureStore
 
-    from feast_bytewax.feature_logging import LoggingProvider
+    from feast_bytewax.stores.feature_logging import LoggingProvider
 
     store = FeatureStore(repo_path=str(served_repo))
     assert isinstance(store._get_provider(), LoggingProvider)

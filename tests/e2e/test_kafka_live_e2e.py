@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.generate import generate_events
-from feast_bytewax.kafka import read_dead_letter_topic
-from feast_bytewax.live import LiveOptions, run_live
-from feast_bytewax.routing import shard_of
+from feast_bytewax.datagen.generate import generate_events
+from feast_bytewax.kafka.source import read_dead_letter_topic
+from feast_bytewax.dataflow.live import LiveOptions, run_live
+from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import to_us
 from tests import reference as ref
 from tests.conftest import make_feast_repo
@@ -139,7 +139,7 @@ def test_cli_run_four_partitions_two_workers_equals_reference(kafka_mock, tmp_pa
                                        for e in events])
     assert len({p for p, _ in where}) == 4  # keyed by user over the topic's 4 partitions
     proc = subprocess.run(
-        [sys.executable, "-m", "feast_bytewax.cli", "run",
+        [sys.executable, "-m", "feast_bytewax.cli.main", "run",
          "--source", f"kafka://{kafka_mock.bootstrap}/{topic}", "--repo", str(repo),
          "--shards", "4", "--watermark-delay", "7200", "--allowed-lateness", "0",
          "--batch-size", "100", "--dead-letter-topic", dlq, "--quiet", "--workers", "2",
@@ -404,7 +404,7 @@ def test_recovery_resumes_offsets_and_sigterm_stops(kafka_mock, tmp_path):
     topic = kafka_mock.new_topic("events")
     events = stream(2000, 40, seed=17, late_fraction=0.0)
     kafka_mock.produce(topic, [(e["user_id"].encode(), as_json(e), None) for e in events])
-    base = [sys.executable, "-m", "feast_bytewax.cli", "run", "--repo", str(repo),
+    base = [sys.executable, "-m", "feast_bytewax.cli.main", "run", "--repo", str(repo),
             "--source", f"kafka://{kafka_mock.bootstrap}/{topic}", "--shards", "4",
             "--batch-size", "50", "--quiet"]
     rdir = tmp_path / "recovery"

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from feast_bytewax.deadletter import read_dead_letters
-from feast_bytewax.generate import BadLine, generate_events
-from feast_bytewax.routing import shard_of
+from feast_bytewax.dataflow.deadletters import read_dead_letters
+from feast_bytewax.datagen.generate import BadLine, generate_events
+from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import from_us, to_us
 from feast_bytewax.training import training_frame
 from tests import reference as ref
@@ -48,7 +48,7 @@ def replayed(tmp_path_factory):
                 fh.write(json.dumps({**e, "event_timestamp": e["event_timestamp"].isoformat()})
                          + "\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "feast_bytewax.cli", "replay", "--repo", str(repo),
+        [sys.executable, "-m", "feast_bytewax.cli.main", "replay", "--repo", str(repo),
          "--events", str(path), "--shards", str(SHARDS), "--watermark-delay", str(DELAY_S),
          "--allowed-lateness", str(LATENESS_S), "--quiet"],
         capture_output=True, text=True, timeout=300,

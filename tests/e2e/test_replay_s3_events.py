@@ -37,7 +37,7 @@ KNOBS = ["--watermark-delay", "14400", "--allowed-lateness", "0", "--flush-rows"
 @pytest.fixture(scope="module")
 def uploaded(tmp_path_factory, moto_server):
     """Generated parts (small row groups, arrival order) in a local folder and on S3."""
-    from feast_bytewax.generate import write_events
+    from feast_bytewax.datagen.generate import write_events
 
     folder = tmp_path_factory.mktemp("raw") / "events"
     t0 = (datetime.now(UTC) - timedelta(hours=8)).replace(minute=0, second=0, microsecond=0)
@@ -98,7 +98,7 @@ def row_groups_read(monkeypatch):
 
 
 def replay_cli(repo: Path, events: str, lo: datetime, hi: datetime, capsys) -> dict:
-    from feast_bytewax.cli import main
+    from feast_bytewax.cli.main import main
 
     code = main(["replay", "--repo", str(repo), "--events", events, "--quiet",
                  "--start", lo.isoformat(), "--end", hi.isoformat(), *KNOBS])
@@ -141,7 +141,7 @@ def test_replay_from_s3_equals_local_replay_within_window(
         (s3_repo / "data/dead_letters.jsonl").read_text() == ""
 
     # the skew check reads the same window from S3 (endpoint given on the command line)
-    from feast_bytewax.cli import main
+    from feast_bytewax.cli.main import main
 
     out = tmp_path / "skew"
     code = main(["skew", "--repo", str(s3_repo), "--events", uploaded["uri"],
@@ -158,7 +158,7 @@ def test_replay_from_s3_equals_local_replay_within_window(
 
 
 def test_s3_origins_name_the_object_and_resume(uploaded, aws_env):
-    from feast_bytewax.sources import EventFileSource
+    from feast_bytewax.ingest.files import EventFileSource
 
     aws_env.setenv("FEAST_S3_ENDPOINT", uploaded["endpoint"])
     src = EventFileSource(uploaded["uri"] + "/", batch_size=64)

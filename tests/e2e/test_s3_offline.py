@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.routing import shard_of
+from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import from_us, to_us
 from tests import reference as ref
 from tests.e2e.repos import OFFLINE_TYPE, copy_repo
@@ -53,8 +53,8 @@ def close(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def replayed_to_s3(tmp_path_factory, moto_server):
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.runner import apply_repo, run_replay
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.dataflow.replay import apply_repo, run_replay
 
     moto_server.s3().create_bucket(Bucket=BUCKET)
     repo = copy_repo(tmp_path_factory.mktemp("s3") / "repo", YAML)

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.routing import shard_of
+from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import to_us
 from tests import reference as ref
 from tests.e2e.repos import ROOT, copy_repo
@@ -38,8 +38,8 @@ def close(a, b) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, redis_server):
     """Replay generated events into a repo on Redis, start `feast serve` on it."""
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.runner import apply_repo, run_replay
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.dataflow.replay import apply_repo, run_replay
 
     env = redis_db(redis_server, 1)
     repo = copy_repo(tmp_path_factory.mktemp("served") / "repo",
@@ -180,9 +180,9 @@ def test_request_order_does_not_matter(served):
 def served_live(tmp_path_factory, redis_server, kafka_mock):
     import json
 
-    from feast_bytewax.generate import generate_events
-    from feast_bytewax.live import LiveOptions, run_live
-    from feast_bytewax.runner import apply_repo
+    from feast_bytewax.datagen.generate import generate_events
+    from feast_bytewax.dataflow.live import LiveOptions, run_live
+    from feast_bytewax.dataflow.replay import apply_repo
 
     env = redis_db(redis_server, 2)
     repo = copy_repo(tmp_path_factory.mktemp("served_live") / "repo",

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 OFFLINE = Path("data/offline/user_features")
 LOGGING_YAML = """
-provider: feast_bytewax.feature_logging.LoggingProvider
+provider: feast_bytewax.stores.feature_logging.LoggingProvider
 feast_bytewax_logging:
   flush_interval_s: 0.2
 """
@@ -36,8 +36,8 @@ feast_bytewax_logging:
 def replayed(tmp_path_factory) -> Path:
     """A repo after replaying ~4k events (60 users, 6 h, 3% late) in small flushes."""
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.runner import run_replay
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.dataflow.replay import run_replay
 
     repo = make_feast_repo(tmp_path_factory.mktemp("skew") / "repo")
     start = (datetime.now(UTC) - timedelta(hours=8)).replace(microsecond=0)
@@ -56,7 +56,7 @@ def copy_of(repo: Path, tmp_path: Path) -> Path:
 
 
 def report_for(repo: Path, spec=None, **opts):
-    from feast_bytewax.skew import SkewOptions, compute_report
+    from feast_bytewax.skew.report import SkewOptions, compute_report
 
     report, plots = compute_report(repo, repo / "data/events.parquet", SkewOptions(**opts),
                                    spec=spec)
@@ -64,7 +64,7 @@ def report_for(repo: Path, spec=None, **opts):
 
 
 def run_cli(repo: Path, *extra: str) -> tuple[int, dict]:
-    from feast_bytewax.cli import main
+    from feast_bytewax.cli.main import main
 
     out = repo / "data/skew"
     code = main(["skew", "--repo", str(repo), "--events", str(repo / "data/events.parquet"),
@@ -175,8 +175,8 @@ def test_one_tampered_value_is_detected(replayed, tmp_path):
 def test_wrong_window_in_the_definition_is_detected(replayed):
     """The batch side reads a definition whose 30 min window became 20 min (as if the stream
     had run another version of feast_repo/): that feature, and only it, disagrees."""
-    from feast_bytewax.runner import open_store
-    from feast_bytewax.spec import load_spec
+    from feast_bytewax.dataflow.replay import open_store
+    from feast_bytewax.features.spec import load_spec
 
     spec = load_spec(open_store(replayed))
     wrong = replace(spec, features=tuple(
@@ -236,7 +236,7 @@ def test_served_vectors_are_checked_and_a_tampered_one_is_found(replayed, tmp_pa
     row = int(df[col].fillna(0).to_numpy().argmax())
     df.loc[row, col] = df.loc[row, col] + 2
     pq.write_table(pa.Table.from_pandas(df, schema=t.schema, preserve_index=False), f)
-    from feast_bytewax.skew import main
+    from feast_bytewax.skew.report import main
 
     code = main(argparse.Namespace(
         repo=repo, events=repo / "data/events.parquet", out=repo / "data/skew2",

@@ -49,10 +49,10 @@ def _same(got, want) -> bool:
 
 def test_training_frame_matches_reference_as_of_each_row(feast_repo_dir):
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.generate import write_events
-    from feast_bytewax.routing import shard_of
-    from feast_bytewax.runner import open_store, run_replay
-    from feast_bytewax.spec import load_spec
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.engine.routing import shard_of
+    from feast_bytewax.dataflow.replay import open_store, run_replay
+    from feast_bytewax.features.spec import load_spec
     from feast_bytewax.timeutil import from_us
     from feast_bytewax.training import training_frame
 

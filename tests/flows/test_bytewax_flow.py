@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.events import FeatureRow, Late, Rejected
-from feast_bytewax.flow import build_flow
-from feast_bytewax.metrics import FlowStats
-from feast_bytewax.routing import shard_of
+from feast_bytewax.records import FeatureRow, Late, Rejected
+from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.observability.metrics import FlowStats
+from feast_bytewax.engine.routing import shard_of
 from tests import reference as ref
 
 MIN = 60_000_000

@@ -12,9 +12,9 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.engine import EngineConfig, ShardEngine
-from feast_bytewax.events import Event, FeatureRow, Late
-from feast_bytewax.spec import FeatureSpec
+from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.records import Event, FeatureRow, Late
+from feast_bytewax.features.spec import FeatureSpec
 from tests import reference as ref
 
 MIN = 60_000_000

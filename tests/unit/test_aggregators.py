@@ -1,7 +1,7 @@
 """One contract suite for every aggregator in the registry, checked against a naive oracle.
 
 The oracle below is plain Python over the non-missing values (len, sum, min, max, set); it
-shares no code with feast_bytewax.aggregators. Every registered function must have an oracle
+shares no code with feast_bytewax.features.aggregators. Every registered function must have an oracle
 here, so a new aggregator cannot join the registry untested.
 """
 
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import feast_bytewax.sketches  # noqa: F401  (registers approx_count_distinct)
-from feast_bytewax import aggregators
-from feast_bytewax.aggregators import REGISTRY, make_aggregator
-from feast_bytewax.sketches import ApproxCountDistinct
+import feast_bytewax.features.sketches  # noqa: F401  (registers approx_count_distinct)
+from feast_bytewax.features import aggregators
+from feast_bytewax.features.aggregators import REGISTRY, make_aggregator
+from feast_bytewax.features.sketches import ApproxCountDistinct
 
 PROPS = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -1,10 +1,10 @@
-"""feast_bytewax.filesystems: one path/URI -> pyarrow filesystem helper for sources and stores."""
+"""feast_bytewax.ingest.filesystems: one path/URI -> pyarrow filesystem helper for sources and stores."""
 
 from __future__ import annotations
 
 import pyarrow.fs as pafs
 
-from feast_bytewax.filesystems import (
+from feast_bytewax.ingest.filesystems import (
     filesystem_for_uri,
     is_uri,
     s3_endpoint_from_env,

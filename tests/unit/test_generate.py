@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feast_bytewax.events import Event, Rejected
-from feast_bytewax.generate import (
+from feast_bytewax.records import Event, Rejected
+from feast_bytewax.datagen.generate import (
     BAD_KINDS,
     CATEGORIES,
     DEFAULT_START,
@@ -23,7 +23,7 @@ from feast_bytewax.generate import (
     write_events,
 )
 from feast_bytewax.timeutil import to_us, utc_now_us
-from feast_bytewax.validate import parse_json, reason_code
+from feast_bytewax.ingest.validate import parse_json, reason_code
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000

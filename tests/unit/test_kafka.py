@@ -14,11 +14,11 @@ from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka import KafkaError as CKError
 
-from feast_bytewax import kafka as kf
-from feast_bytewax.events import Event, FeatureRow, Late, Rejected
-from feast_bytewax.live import FreshnessRecorder, LiveOptions, options_from_env
-from feast_bytewax.metrics import FreshnessSLO
-from feast_bytewax.validate import validate_item
+from feast_bytewax.kafka import source as kf
+from feast_bytewax.records import Event, FeatureRow, Late, Rejected
+from feast_bytewax.dataflow.live import FreshnessRecorder, LiveOptions, options_from_env
+from feast_bytewax.observability.metrics import FreshnessSLO
+from feast_bytewax.ingest.validate import validate_item
 
 # ---------------------------------------------------------------------------------------
 # Settings
@@ -69,8 +69,8 @@ def test_live_options_validate_and_come_from_env(tmp_path):
 
 
 def test_run_arguments_parse():
-    from feast_bytewax.cli import build_parser
-    from feast_bytewax.live import options_from_args
+    from feast_bytewax.cli.main import build_parser
+    from feast_bytewax.dataflow.live import options_from_args
 
     args = build_parser().parse_args([
         "run", "--source", "kafka://h:1/ev", "--kafka-option", "a.b=1", "--kafka-option",
@@ -194,7 +194,7 @@ def test_partition_items_are_payload_and_topic_partition_offset():
 def test_partition_counts_transient_errors_and_keeps_the_resume_offset(caplog):
     p, _, book = part([[msg(7, b"a"), err(CKError._AUTO_OFFSET_RESET)],
                            [err(CKError._TRANSPORT)]])
-    with caplog.at_level(logging.WARNING, logger="feast_bytewax.kafka"):
+    with caplog.at_level(logging.WARNING, logger="feast_bytewax.kafka.source"):
         assert p.next_batch() == [(b"a", "ev/3/7")]
         assert p.snapshot() == 8  # not -1000 (the error's offset + 1)
         assert p.next_batch() == []
@@ -403,8 +403,8 @@ def test_recorder_measures_the_latest_row_per_key_since_event_and_arrival():
 
 
 def test_progress_line_shows_counts_lag_and_slo_state():
-    from feast_bytewax.live import LiveParts, _progress_line
-    from feast_bytewax.metrics import KAFKA_LAG, FlowStats
+    from feast_bytewax.dataflow.live import LiveParts, _progress_line
+    from feast_bytewax.observability.metrics import KAFKA_LAG, FlowStats
 
     stats = FlowStats()
     stats.add(consumed=10, processed=9, rejected=1, rows=4, rows_online=2)

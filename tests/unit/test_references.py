@@ -1,6 +1,6 @@
 """The two independent references agree with each other and with hand arithmetic.
 
-tests/reference.py (brute-force Python) and feast_bytewax.batch_reference (DuckDB SQL
+tests/reference.py (brute-force Python) and feast_bytewax.skew.batch_reference (DuckDB SQL
 generated from the spec) are written from features.md separately; if both agree on random
 streams and both match the hand-computed cases below, the engine is judged against them.
 """
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.batch_reference import batch_features
-from feast_bytewax.spec import EngineSpec, FeatureSpec
+from feast_bytewax.skew.batch_reference import batch_features
+from feast_bytewax.features.spec import EngineSpec, FeatureSpec
 from feast_bytewax.timeutil import to_us
 from tests.reference import (
     arrival_model,

@@ -15,18 +15,18 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 
-from feast_bytewax.deadletter import (
+from feast_bytewax.dataflow.deadletters import (
     DeadLetterSink,
     count_by_code,
     dead_letter_record,
     keyed,
     read_dead_letters,
 )
-from feast_bytewax.events import Event, Late, Rejected
-from feast_bytewax.generate import write_events
-from feast_bytewax.sources import EventFileSource, list_event_files
+from feast_bytewax.records import Event, Late, Rejected
+from feast_bytewax.datagen.generate import write_events
+from feast_bytewax.ingest.files import EventFileSource, list_event_files
 from feast_bytewax.timeutil import to_us, utc_now_us
-from feast_bytewax.validate import EpochUs, validate_item
+from feast_bytewax.ingest.validate import EpochUs, validate_item
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000

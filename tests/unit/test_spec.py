@@ -16,8 +16,8 @@ from feast.aggregation import Aggregation
 from feast.repo_config import RegistryConfig
 from feast.types import Float64, Int64, String
 
-from feast_bytewax.aggregators import ALIASES, REGISTRY, make_aggregator
-from feast_bytewax.spec import (
+from feast_bytewax.features.aggregators import ALIASES, REGISTRY, make_aggregator
+from feast_bytewax.features.spec import (
     EngineSpec,
     FeatureSpec,
     SpecError,

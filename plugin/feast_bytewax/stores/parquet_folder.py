@@ -20,7 +20,7 @@ of the dask store (point-in-time joins, materialization pulls) and changes two t
   materialization pulls nothing) instead of failing inside dask.
 
 Part-file naming, listing, writing and schemas live in `feast_bytewax.stores.parquet_parts`
-(re-exported here); paths and URIs become pyarrow filesystems in `feast_bytewax.filesystems`.
+(re-exported here); paths and URIs become pyarrow filesystems in `feast_bytewax.ingest.filesystems`.
 
 The dask store calls a module-level `_read_datasource` from inside lazily evaluated closures;
 this store re-binds those closures to its own reader (a copy of their globals with one name
@@ -65,7 +65,7 @@ from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 
-from feast_bytewax.filesystems import filesystem_for_uri, is_uri
+from feast_bytewax.ingest.filesystems import filesystem_for_uri, is_uri
 
 # The part-file half of the store, re-exported: existing imports use this module's names.
 from feast_bytewax.stores.parquet_parts import (  # noqa: F401

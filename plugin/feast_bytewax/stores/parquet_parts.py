@@ -5,7 +5,7 @@ class and the reads): where part files are, what they are called
 (`part-<20-digit unix ns>-<uuid8>.parquet`, sorting in write order), how one is written
 (under a hidden temp name then renamed on a local disk; a plain PUT on object storage), and
 which schema a new part gets (the existing parts' schema, else the view's Feast types).
-Paths are inside a pyarrow filesystem (`feast_bytewax.filesystems`).
+Paths are inside a pyarrow filesystem (`feast_bytewax.ingest.filesystems`).
 """
 
 from __future__ import annotations

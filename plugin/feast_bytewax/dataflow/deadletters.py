@@ -1,0 +1,159 @@
+"""Dead-letter output: `Rejected` and `Late` records as JSON lines (shared/spec/events.md).
+
+`DeadLetterSink(path, parts=1)` is a bytewax `FixedPartitionedSink`: each partition is one
+file owned by exactly one worker (worker-safe without locks). Items are ``(key, record)``
+pairs like every bytewax partitioned sink; `keyed` makes them (key = the source name from the
+record's origin, so one input's dead letters stay together and in order). With ``parts=1``
+the file is `path` itself; with more, ``<stem>.p<i><suffix>`` (``dead.p0.jsonl`` ...).
+
+One JSON object per line:
+
+- rejected: ``{"kind": "rejected", "code", "reason", "origin", "payload"}`` (payload = the
+  original text);
+- late: ``{"kind": "late", "code", "reason", "origin", "watermark", "watermark_iso",
+  "event": {event_id, user_id, event_type, amount, category, event_timestamp (us),
+  event_timestamp_iso}}``.
+
+Exactly-once with bytewax recovery: the snapshot of a partition is the byte size of its file
+after a flush, and a resumed partition truncates its file to that size before writing, so the
+lines replayed after the last snapshot are not duplicated. A fresh run (no resume state)
+starts the file empty. Lines are flushed at every snapshot (epoch end) and on close.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from feast_bytewax.records import Late, Rejected
+from feast_bytewax.timeutil import from_us
+
+__all__ = [
+    "DeadLetterSink",
+    "count_by_code",
+    "dead_letter_record",
+    "keyed",
+    "read_dead_letters",
+]
+
+
+def _code(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def dead_letter_record(x: Rejected | Late) -> dict:
+    """The JSON object written for one dead letter."""
+    if isinstance(x, Rejected):
+        return {
+            "kind": "rejected",
+            "code": _code(x.reason),
+            "reason": x.reason,
+            "origin": x.origin,
+            "payload": x.payload,
+        }
+    if isinstance(x, Late):
+        e = x.event
+        return {
+            "kind": "late",
+            "code": _code(x.reason),
+            "reason": x.reason,
+            "origin": e.origin,
+            "watermark": x.watermark,
+            "watermark_iso": from_us(x.watermark).isoformat(),
+            "event": {
+                "event_id": e.event_id,
+                "user_id": e.user_id,
+                "event_type": e.event_type,
+                "amount": e.amount,
+                "category": e.category,
+                "event_timestamp": e.event_timestamp,
+                "event_timestamp_iso": from_us(e.event_timestamp).isoformat(),
+            },
+        }
+    raise TypeError(f"dead letters are Rejected or Late, got {type(x).__name__}")
+
+
+def keyed(x: Rejected | Late) -> tuple[str, Rejected | Late]:
+    """``x`` -> ``(key, x)`` for `DeadLetterSink`; key = the source part of the origin."""
+    origin = x.origin if isinstance(x, Rejected) else x.event.origin
+    return (origin.rsplit(":", 1)[0] if ":" in origin else origin, x)
+
+
+def _part_path(path: Path, i: int, parts: int) -> Path:
+    if parts == 1:
+        return path
+    return path.with_name(f"{path.stem}.p{i}{path.suffix or '.jsonl'}")
+
+
+class _DeadLetterPartition(StatefulSinkPartition[Rejected | Late, int]):
+    def __init__(self, path: Path, resume_state: int | None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_state is None:
+            self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        else:
+            size = path.stat().st_size if path.exists() else 0
+            self._f = open(path, "ab")  # noqa: SIM115 - appends always land at the end
+            self._f.truncate(min(int(resume_state), size))
+        self.written = 0
+
+    def write_batch(self, values: list[Rejected | Late]) -> None:
+        lines = [json.dumps(dead_letter_record(v), ensure_ascii=False, default=str) for v in values]
+        if lines:
+            self._f.write(("\n".join(lines) + "\n").encode("utf-8"))
+            self.written += len(lines)
+
+    def snapshot(self) -> int:
+        self._f.flush()
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.flush()
+        self._f.close()
+
+
+class DeadLetterSink(FixedPartitionedSink[Rejected | Late, int]):
+    """JSON-lines dead letters; ``parts`` files, each owned by one worker.
+
+    :arg path: the file (``parts == 1``) or the name pattern of the part files.
+    :arg parts: number of partitions/files (default 1: dead letters are rare).
+    """
+
+    def __init__(self, path: str | Path, parts: int = 1):
+        if parts < 1:
+            raise ValueError("parts must be >= 1")
+        self.path = Path(path)
+        self.parts = parts
+
+    def list_parts(self) -> list[str]:
+        return [str(i) for i in range(self.parts)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | None
+    ) -> _DeadLetterPartition:
+        return _DeadLetterPartition(_part_path(self.path, int(for_part), self.parts), resume_state)
+
+    def files(self) -> list[Path]:
+        return [_part_path(self.path, i, self.parts) for i in range(self.parts)]
+
+
+def read_dead_letters(path: str | Path, parts: int = 1) -> Iterator[dict]:
+    """Read back the dead letters a `DeadLetterSink(path, parts)` wrote (missing files skip)."""
+    for f in DeadLetterSink(path, parts).files():
+        if not f.exists():
+            continue
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def count_by_code(records: Any) -> dict[str, int]:
+    """``{code: n}`` over dead-letter dicts (as from `read_dead_letters`)."""
+    out: dict[str, int] = {}
+    for r in records:
+        out[r["code"]] = out.get(r["code"], 0) + 1
+    return out

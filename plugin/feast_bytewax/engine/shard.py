@@ -1,0 +1,354 @@
+"""The keyed stateful core: events in, feature rows out (plus late records).
+
+One `ShardEngine` owns many entity keys (a routing shard, see routing.py) and computes every
+feature of every key in one pass. It is plain Python with no Bytewax dependency, so tests
+drive it directly; step.py wraps it as a Bytewax `StatefulBatchLogic`.
+
+Time model (shared/spec/features.md):
+
+- watermark W = newest event time seen in the shard - `watermark_delay` (live runs also
+  let it advance with the injected wall clock while the stream is idle);
+- events newer than W wait in a buffer and are released in event-time order together with
+  the keys' timers (pane exits, session expiries), so every row is exact;
+- an event at or behind W within `allowed_lateness` is applied at once and its effect is
+  a `correction` row stamped at W; older events go to the late output with a reason;
+- a row is emitted whenever a key's vector changes, stamped with the time from which it
+  holds; rows at exactly W are held back until W moves so that a correction at the same W
+  merges into them: per key, row timestamps strictly increase;
+- a finite input ends at its newest event time (`finish(end)`), never at "infinity".
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from feast_bytewax.records import Event, FeatureRow, Late
+from feast_bytewax.engine.groups import CompiledSpec
+from feast_bytewax.engine.panes import SlidingGroup
+from feast_bytewax.features.spec import EngineSpec
+
+NEVER = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Event-time knobs, in microseconds. `clock` returns wall-clock epoch us (live runs);
+    None for replays, where only event time moves the watermark."""
+
+    watermark_delay: int = 5_000_000
+    allowed_lateness: int = 0
+    clock: Callable[[], int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.watermark_delay < 0:
+            raise ValueError(f"watermark_delay must be >= 0 us, got {self.watermark_delay}")
+        if self.allowed_lateness < 0:
+            raise ValueError(f"allowed_lateness must be >= 0 us, got {self.allowed_lateness}")
+
+
+class KeyState:
+    """Per-key state: one slot per group (None until used) and the last row's vector handed
+    downstream. The key's current vector is its open (held) row if it has one, else
+    `emitted`: no second copy is kept (per-key memory is the scaling limit)."""
+
+    __slots__ = ("emitted", "groups")
+
+    def __init__(self, n_groups: int, empty: tuple) -> None:
+        self.groups: list[Any] = [None] * n_groups
+        self.emitted: tuple = empty
+
+
+class ShardEngine:
+    """Exact, incremental windowed features for the keys of one shard."""
+
+    def __init__(self, spec: EngineSpec, config: EngineConfig, snapshot: bytes | None = None):
+        self.cs = CompiledSpec(spec)
+        self.config = config
+        self.lateness = config.allowed_lateness
+        self.keys: dict[str, KeyState] = {}
+        self.buffer: list[tuple[int, int, Event]] = []  # (t, seq, event) heap
+        self.timers: list[tuple[int, str, int]] = []  # (t, key, gid) heap, lazily invalidated
+        self.open_rows: dict[str, list] = {}  # key -> [ts, values, cause] not yet final
+        self.max_seen: int | None = None
+        self.max_seen_wall: int | None = None
+        self.frontier: int | None = None  # everything <= frontier has been released
+        self.end_hint: int | None = None
+        self.seq = 0
+        self.counts = {"processed": 0, "late": 0, "corrections": 0, "rows": 0}
+        if snapshot is not None:
+            self._restore(snapshot)
+
+    # -- public API ----------------------------------------------------------------------
+    def watermark(self) -> int | None:
+        """Current watermark: newest event time - delay, moved on by the wall clock if live."""
+        if self.max_seen is None:
+            return None
+        w = self.max_seen - self.config.watermark_delay
+        clock = self.config.clock
+        if clock is not None and self.max_seen_wall is not None:
+            w += max(0, clock() - self.max_seen_wall)
+        return w
+
+    def ingest(self, events: Iterable[Event]) -> list[FeatureRow | Late]:
+        """Accept events in arrival order; return the rows and late records now final.
+
+        The watermark is re-evaluated before every event (so lateness does not depend on how
+        the input is batched); the wall clock, in live runs, is read once per batch.
+        """
+        out: list[FeatureRow | Late] = []
+        clock = self.config.clock
+        wall = clock() if clock is not None else None
+        delay = self.config.watermark_delay
+        buf, push = self.buffer, heapq.heappush
+        max_seen, seq, accepted = self.max_seen, self.seq, 0
+        drift = 0
+        if wall is not None and self.max_seen_wall is not None:
+            drift = max(0, wall - self.max_seen_wall)
+        for ev in events:
+            t = ev.event_timestamp
+            if max_seen is not None and t <= max_seen - delay + drift:
+                self.seq, self.counts["processed"] = seq, self.counts["processed"] + accepted
+                accepted = 0
+                self._behind_watermark(ev, max_seen - delay + drift, out)
+                continue
+            seq += 1
+            push(buf, (t, seq, ev))
+            accepted += 1
+            if max_seen is None or t > max_seen:
+                self.max_seen = max_seen = t
+                self.max_seen_wall = wall
+                drift = 0
+        self.seq = seq
+        self.counts["processed"] += accepted
+        w = self.watermark()
+        if w is not None:
+            self._advance(w, out)
+        return out
+
+    def _behind_watermark(self, ev: Event, w: int, out: list) -> None:
+        """A correction within the allowed lateness, else a late record with its reason."""
+        lateness = self.lateness
+        t = ev.event_timestamp
+        if w - t > lateness:
+            self.counts["late"] += 1
+            out.append(Late(ev, f"late: event time is {(w - t) / 1e6:.3f} s behind the "
+                                f"watermark, allowed lateness {lateness / 1e6:g} s", w))
+            return
+        self._advance(w, out)
+        self._correct(ev, w, out)
+        self.counts["processed"] += 1
+
+    def tick(self) -> list[FeatureRow | Late]:
+        """Let the (live) wall clock move the watermark: fires due timers, releases events."""
+        out: list[FeatureRow | Late] = []
+        w = self.watermark()
+        if w is not None:
+            self._advance(w, out)
+        return out
+
+    def finish(self, end: int | None = None) -> list[FeatureRow | Late]:
+        """End of a finite input: release everything up to `end` (default: the newest event
+        time seen here or announced by `EndOfInput`) and flush held rows."""
+        out: list[FeatureRow | Late] = []
+        cands = [x for x in (end, self.end_hint, self.max_seen) if x is not None]
+        if cands:
+            self._advance(max(cands), out)
+        self._flush_open(out, None)
+        return out
+
+    def next_due(self) -> int | None:
+        """Event time of the next buffered event or timer (for wall-clock notifications)."""
+        cands = []
+        if self.buffer:
+            cands.append(self.buffer[0][0])
+        if self.timers:
+            cands.append(self.timers[0][0])
+        return min(cands) if cands else None
+
+    def state_size(self) -> int:
+        return len(self.keys)
+
+    # -- release loop ----------------------------------------------------------------------
+    def _advance(self, w: int, out: list) -> None:
+        if self.frontier is not None and w < self.frontier:
+            return
+        buf, timers = self.buffer, self.timers
+        while True:
+            tb = buf[0][0] if buf else NEVER
+            tt = timers[0][0] if timers else NEVER
+            if tt <= tb:  # at equal times panes leave before new events enter
+                if tt > w:
+                    break
+                t, key, gid = heapq.heappop(timers)
+                self._fire(key, gid, t, out)
+            else:
+                if tb > w:
+                    break
+                t, _, ev = heapq.heappop(buf)
+                self._apply(ev, t, out)
+        self.frontier = w
+        self._flush_open(out, w)
+
+    def _key(self, k: str) -> KeyState:
+        st = self.keys.get(k)
+        if st is None:
+            st = self.keys[k] = KeyState(len(self.cs.groups), self.cs.empty_vector)
+        return st
+
+    def _vector(self, key: str, st: KeyState) -> list:
+        """A working copy of the key's current vector."""
+        row = self.open_rows.get(key)
+        return list(row[1] if row is not None else st.emitted)
+
+    def _apply(self, ev: Event, t: int, out: list) -> None:
+        st = self._key(ev.user_id)
+        vals = self._vector(ev.user_id, st)
+        sliding = self.cs.sliding
+        for gid in self.cs.groups_for(ev):
+            g = self.cs.groups[gid]
+            gs = st.groups[gid]
+            if gs is None:
+                gs = st.groups[gid] = g.new_state()
+            opened = gs.add(g, ev, t)
+            # Timers are lazy: a later expiry is picked up when the current timer fires, so
+            # only a new pane (or no timer at all) can need an earlier wake-up.
+            if gs.timer_at is None or opened:
+                if sliding[gid]:
+                    self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
+                else:
+                    self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.lateness))
+            gs.fill(g, vals, t)
+        self._changed(ev.user_id, st, t, "event", out, vals)
+
+    def _correct(self, ev: Event, w: int, out: list) -> None:
+        st = self._key(ev.user_id)
+        vals = self._vector(ev.user_id, st)
+        touched = False
+        for gid in self.cs.groups_for(ev):
+            g = self.cs.groups[gid]
+            gs = st.groups[gid]
+            if gs is None:
+                gs = st.groups[gid] = g.new_state()
+            if isinstance(g, SlidingGroup):
+                if not gs.correct(g, ev, ev.event_timestamp, w):
+                    continue
+                self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
+            else:
+                gs.correct(g, ev, ev.event_timestamp)
+                gs.prune(g, w, self.config.allowed_lateness)
+                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, w, self.lateness))
+            touched = True
+            self._refresh(st, gid, w, vals)
+        if touched and self._changed(ev.user_id, st, w, "correction", out, vals):
+            self.counts["corrections"] += 1
+        self._maybe_drop(ev.user_id, st)
+
+    def _fire(self, key: str, gid: int, t: int, out: list) -> None:
+        st = self.keys.get(key)
+        if st is None:
+            return
+        gs = st.groups[gid]
+        if gs is None or gs.timer_at != t:
+            return  # stale timer: superseded by a reschedule
+        gs.timer_at = None
+        g = self.cs.groups[gid]
+        if isinstance(g, SlidingGroup):
+            gs.evict_until(g, t)
+            self._schedule(key, gid, gs, gs.next_eviction(g))
+        else:
+            gs.prune(g, t, self.config.allowed_lateness)
+            self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
+        if gs.is_empty():
+            st.groups[gid] = None
+        vals = self._vector(key, st)
+        self._refresh(st, gid, t, vals)
+        self._changed(key, st, t, "decay", out, vals)
+        self._maybe_drop(key, st)
+
+    def _schedule(self, key: str, gid: int, gs: Any, t: int | None) -> None:
+        if t is not None and (gs.timer_at is None or t < gs.timer_at):
+            gs.timer_at = t
+            heapq.heappush(self.timers, (t, key, gid))
+
+    def _refresh(self, st: KeyState, gid: int, now: int, vals: list) -> None:
+        g = self.cs.groups[gid]
+        gs = st.groups[gid]
+        if gs is None:
+            for m in g.members:
+                vals[m.slot] = m.agg.empty_value
+        else:
+            gs.fill(g, vals, now)
+
+    # -- rows ----------------------------------------------------------------------------
+    def _changed(self, key: str, st: KeyState, t: int, cause: str, out: list,
+                 vals: list) -> bool:
+        """Record the key's vector at t if it differs from the latest one; True if recorded."""
+        vec = tuple(vals)
+        row = self.open_rows.get(key)
+        if row is not None:
+            if row[1] == vec:
+                return False
+            if row[0] == t:
+                row[1] = vec
+                if cause == "correction":
+                    row[2] = cause
+                return True
+            self._final(key, st, row, out)
+        elif vec == st.emitted:
+            return False
+        self.open_rows[key] = [t, vec, cause]
+        return True
+
+    def _final(self, key: str, st: KeyState, row: list, out: list) -> None:
+        if row[1] != st.emitted:
+            st.emitted = row[1]
+            self.counts["rows"] += 1
+            out.append(FeatureRow(key, row[0], row[1], row[2]))
+
+    def _flush_open(self, out: list, w: int | None) -> None:
+        """Finalize open rows older than w (all of them when w is None)."""
+        if not self.open_rows:
+            return
+        keep: dict[str, list] = {}
+        for key, row in self.open_rows.items():
+            if w is not None and row[0] >= w:
+                keep[key] = row
+                continue
+            st = self.keys.get(key)
+            if st is None:
+                continue
+            self._final(key, st, row, out)
+            self._maybe_drop(key, st)
+        self.open_rows = keep
+
+    def _maybe_drop(self, key: str, st: KeyState) -> None:
+        """Forget a key whose state is empty and whose last row is the empty vector."""
+        if key in self.open_rows or st.emitted != self.cs.empty_vector:
+            return
+        if all(gs is None or gs.is_empty() for gs in st.groups):
+            del self.keys[key]
+
+    # -- recovery --------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """An immutable copy of the state (pickled bytes), as Bytewax recovery requires."""
+        state = {
+            "keys": {k: (v.groups, v.emitted) for k, v in self.keys.items()},
+            "buffer": self.buffer, "timers": self.timers, "open_rows": self.open_rows,
+            "max_seen": self.max_seen, "max_seen_wall": self.max_seen_wall,
+            "frontier": self.frontier, "end_hint": self.end_hint, "seq": self.seq,
+            "counts": self.counts,
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _restore(self, blob: bytes) -> None:
+        state = pickle.loads(blob)
+        for k, (groups, emitted) in state.pop("keys").items():
+            ks = KeyState.__new__(KeyState)
+            ks.groups, ks.emitted = groups, emitted
+            self.keys[k] = ks
+        for name, value in state.items():
+            setattr(self, name, value)
