@@ -49,8 +49,8 @@ from bytewax.operators.windowing import (
     min_window,
 )
 
-from feast_bytewax.records import Event
 from feast_bytewax.features.spec import EngineSpec, FeatureSpec
+from feast_bytewax.records import Event
 from feast_bytewax.timeutil import EPOCH
 
 

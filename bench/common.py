@@ -19,10 +19,10 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.records import Event
 from feast_bytewax.features.spec import EngineSpec
-from feast_bytewax.timeutil import US_PER_S, utc_now_us
 from feast_bytewax.ingest.validate import validate_item
+from feast_bytewax.records import Event
+from feast_bytewax.timeutil import US_PER_S, utc_now_us
 
 BATCH = 1000  # rows per source batch, as FlowConfig.batch_size
 
@@ -39,7 +39,7 @@ def iter_validated(path: str | Path, batch_size: int = BATCH) -> Iterator[list[E
 
     src = EventFileSource(path, batch_size=batch_size)
     part = src.build_part("bench", src.list_parts()[0], None)
-    max_future = round(FlowConfig().max_future_s * US_PER_S)
+    max_future = round(FlowConfig().max_future * US_PER_S)
     try:
         while True:
             try:

@@ -43,7 +43,7 @@ def spec_without(spec, skip):
 
 
 CFG = FlowConfig()  # shards 32, watermark delay 5 s, allowed lateness 600 s, batch 1000
-DELAY_US = round(CFG.watermark_delay_s * US_PER_S)
+DELAY_US = round(CFG.watermark_delay * US_PER_S)
 
 
 def _cpu() -> float:
@@ -69,9 +69,9 @@ def ours_step(args) -> dict[str, Any]:
     dataflow) each batch is split by `routing.shard_of` and each shard's part goes to its
     own engine, as `stateful_batch` would; `--shards 1` is one engine owning every key.
     Timed: `ingest` and the final `finish` calls only (validation and routing are not)."""
+    from feast_bytewax.engine.routing import shard_of
     from feast_bytewax.engine.shard import ShardEngine
     from feast_bytewax.records import FeatureRow
-    from feast_bytewax.engine.routing import shard_of
 
     spec = spec_without(load_spec(args.spec), args.skip)
     shards = args.shards
@@ -196,8 +196,8 @@ def breakdown_ours(engines, median: float | None) -> dict[str, Any]:
 # -- (c) ours: the full dataflow on one worker -------------------------------------------------
 def ours_flow(args) -> dict[str, Any]:
     from feast_bytewax.dataflow.flow import build_flow
-    from feast_bytewax.observability.metrics import FlowStats
     from feast_bytewax.ingest.files import EventFileSource
+    from feast_bytewax.observability.stats import FlowStats
 
     spec = spec_without(load_spec(args.spec), args.skip)
     stats = FlowStats()
@@ -217,8 +217,8 @@ def ours_flow(args) -> dict[str, Any]:
 def baseline_flow(args) -> dict[str, Any]:
     from bench.baseline_windows import build_baseline_flow
     from feast_bytewax.dataflow.flow import make_validator
-    from feast_bytewax.observability.metrics import FlowStats
     from feast_bytewax.ingest.files import EventFileSource
+    from feast_bytewax.observability.stats import FlowStats
 
     spec = load_spec(args.spec)
     skip = tuple(args.skip)
@@ -334,7 +334,7 @@ def feast_replay(args) -> dict[str, Any]:
     apply_repo(repo)
     apply_s = time.perf_counter() - t0
     c0 = _cpu()
-    res = run_replay(FlowConfig(repo_path=repo), events, workers=1)
+    res = run_replay(FlowConfig(repo=repo), events, workers=1)
     cpu = _cpu() - c0
     st = res.stats
     assert st.balanced(), st.summary()

@@ -43,14 +43,14 @@ def build_repo(base: Path, events: int, users: int) -> tuple[Path, Path]:
     """(plain repo, yaml with the logging provider) sharing one registry and online store."""
     sys.path.insert(0, str(ROOT))
     from feast_bytewax.config import FlowConfig
-    from feast_bytewax.datagen.generate import write_events
     from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.datagen.generate import write_events
     from tests.conftest import make_feast_repo
 
     repo = make_feast_repo(base / "repo")
     start = (datetime.now(UTC) - timedelta(hours=25)).replace(microsecond=0)
     write_events(repo / "data/events.parquet", events, users, seed=3, start=start)
-    run_replay(FlowConfig(repo_path=repo), repo / "data/events.parquet")
+    run_replay(FlowConfig(repo=repo), repo / "data/events.parquet")
     text = (repo / "feature_store.yaml").read_text().replace("provider: local\n", "")
     logging_dir = base / "logging"
     logging_dir.mkdir()

@@ -398,11 +398,11 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
 
     from feast_bytewax.config import FlowConfig
     from feast_bytewax.dataflow.live import LiveOptions, build_live_flow
-    from feast_bytewax.observability.metrics import KAFKA_LAG, FlowStats
     from feast_bytewax.dataflow.replay import gc_frozen
+    from feast_bytewax.observability.metrics import KAFKA_LAG, FlowStats
 
-    cfg = FlowConfig(repo_path=repo, watermark_delay_s=args.delay,
-                     flush_interval_s=args.flush, batch_size=args.batch_size,
+    cfg = FlowConfig(repo=repo, watermark_delay=args.delay,
+                     flush_interval=args.flush, batch_size=args.batch_size,
                      dead_letter_path=repo / "data" / f"dead-{name}.jsonl")
     opts = LiveOptions(source=f"kafka://{broker.bootstrap}/{topic}", cfg=cfg,
                        max_events=n, idle_exit_s=args.idle_exit,

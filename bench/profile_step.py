@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         from bytewax.testing import run_main
 
         from feast_bytewax.dataflow.flow import build_flow
-        from feast_bytewax.observability.metrics import FlowStats
         from feast_bytewax.ingest.files import EventFileSource
+        from feast_bytewax.observability.stats import FlowStats
 
         stats = FlowStats()
         flow = build_flow("profile", CFG, spec, EventFileSource(args.events), CountingSink(),
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             prof.disable()
         print(stats.summary())
     else:
-        from feast_bytewax.engine.shard import ShardEngine
         from feast_bytewax.engine.routing import shard_of
+        from feast_bytewax.engine.shard import ShardEngine
 
         engines = [ShardEngine(spec, CFG.engine_config(None)) for _ in range(args.shards)]
         work = []

@@ -1,23 +1,24 @@
 """The live Kafka flow for Bytewax's runner, configured by environment variables.
 
-    FEAST_BYTEWAX_SOURCE=kafka://HOST:PORT/TOPIC python -m bytewax.run dataflows.live \
-        -w 2 -s 2 [-r RECOVERY_DIR]
+    python -m bytewax.run dataflows.live -w 2 -s 2 [-r RECOVERY_DIR -b 0]
 
-Same flow as `feast-bytewax run` (see feast_bytewax/live.py). Bytewax's runner owns workers
-(``-w``, ``-i``/``-a`` for processes), the epoch/snapshot interval (``-s``: sink flush and
-recovery snapshot; without it Bytewax uses 10 s) and recovery (``-r DIR``, initialised with
-``python -m bytewax.recovery DIR N``). Stop with Ctrl-C (abort: with recovery a restart
-resumes from the last snapshot); the clean-stop signal handling of `feast-bytewax run` is not
-installed here.
+Same flow as `feast-bytewax run` (feast_bytewax.dataflow.live.build_live_flow). Bytewax's
+runner owns workers (``-w``, ``-i``/``-a`` for processes), the epoch/snapshot interval
+(``-s``: sink flush and recovery snapshot, whole seconds; without it Bytewax uses 10 s) and
+recovery (``-r DIR -s S -b 0``, initialised with ``python -m bytewax.recovery DIR N``). Stop
+with Ctrl-C (abort: with recovery a restart resumes from the last snapshot); the clean-stop
+signal handling of `feast-bytewax run` is not installed here.
 
-Variables (all optional except FEAST_BYTEWAX_SOURCE):
+Every setting of `feast-bytewax run` is a ``FEAST_BYTEWAX_<NAME>`` variable here (the same
+model, `feast_bytewax.config.LiveConfig`; `feast-bytewax run --help` lists them). None is
+required when the repo declares its event stream (a `KafkaSource` with brokers and topic):
 
-- ``FEAST_BYTEWAX_SOURCE``: ``kafka://HOST:PORT[,HOST:PORT]/TOPIC``
+- ``FEAST_BYTEWAX_SOURCE``: ``kafka://HOST:PORT[,HOST:PORT]/TOPIC`` (default: the KafkaSource)
 - ``FEAST_BYTEWAX_REPO``: Feast repo root holding feature_store.yaml (default ``.``)
-- ``FEAST_BYTEWAX_SHARDS``, ``FEAST_BYTEWAX_WATERMARK_DELAY``, ``FEAST_BYTEWAX_ALLOWED_LATENESS``,
-  ``FEAST_BYTEWAX_MAX_FUTURE`` (seconds), ``FEAST_BYTEWAX_BATCH_SIZE``,
-  ``FEAST_BYTEWAX_FLUSH_ROWS``, ``FEAST_BYTEWAX_FLUSH_INTERVAL`` (seconds),
-  ``FEAST_BYTEWAX_NO_ONLINE`` / ``FEAST_BYTEWAX_NO_OFFLINE`` (``1`` to skip a store)
+- ``FEAST_BYTEWAX_SHARDS``, ``FEAST_BYTEWAX_WATERMARK_DELAY`` (default: the KafkaSource's),
+  ``FEAST_BYTEWAX_ALLOWED_LATENESS``, ``FEAST_BYTEWAX_MAX_FUTURE`` (seconds),
+  ``FEAST_BYTEWAX_BATCH_SIZE``, ``FEAST_BYTEWAX_FLUSH_ROWS``, ``FEAST_BYTEWAX_FLUSH_INTERVAL``
+  (seconds), ``FEAST_BYTEWAX_ONLINE`` / ``FEAST_BYTEWAX_OFFLINE`` (``0`` to skip a store)
 - ``FEAST_BYTEWAX_START_FROM``: ``earliest`` (default) or ``latest``
 - ``FEAST_BYTEWAX_DEAD_LETTER_TOPIC``, ``FEAST_BYTEWAX_LATE_TOPIC``: Kafka dead letters;
   without a topic they go to the JSON-lines file ``FEAST_BYTEWAX_DEAD_LETTERS`` (default
@@ -26,20 +27,19 @@ Variables (all optional except FEAST_BYTEWAX_SOURCE):
   underscores (``FEAST_BYTEWAX_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL``,
   ``FEAST_BYTEWAX_KAFKA_OPT_SASL_PASSWORD=...``)
 - ``FEAST_BYTEWAX_METRICS_PORT``: Prometheus port (one per process)
-- ``FEAST_BYTEWAX_FRESHNESS_SLO``: seconds; p99 freshness over a minute above it is logged as
-  an alert and counted
+- ``FEAST_BYTEWAX_FRESHNESS_SLO``: seconds; p99 freshness over a minute above it (or rows
+  waiting longer than it) is logged as an alert and counted
 - ``FEAST_BYTEWAX_MAX_EVENTS``, ``FEAST_BYTEWAX_IDLE_EXIT`` (seconds),
   ``FEAST_BYTEWAX_STOP_AT_END=1``: stop conditions (per process)
 """
 
-import os
+from feast_bytewax.config import LiveConfig, load
+from feast_bytewax.dataflow.live import build_live_flow
+from feast_bytewax.observability.metrics import serve_metrics
+from feast_bytewax.observability.stats import FlowStats
 
-from feast_bytewax.dataflow.live import build_live_flow, options_from_env
-from feast_bytewax.observability.metrics import FlowStats, FreshnessSLO, serve_metrics
-
-options = options_from_env(os.environ)
+cfg = load(LiveConfig)
 stats = FlowStats()
-slo = FreshnessSLO(options.freshness_slo_s) if options.freshness_slo_s else None
-flow, parts = build_live_flow(options, stats, slo)
-if options.metrics_port:
-    serve_metrics(options.metrics_port)
+flow, parts = build_live_flow(cfg, stats)
+if parts.cfg.metrics_port:
+    serve_metrics(parts.cfg.metrics_port)

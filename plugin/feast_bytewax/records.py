@@ -1,20 +1,29 @@
-"""Typed records that flow between the dataflow steps.
+"""Typed records that flow between the dataflow steps, and their dead-letter form.
 
 Small slotted dataclasses: they are created per event, so their size and construction
 cost matter. Field names of `Event` are the column names Feast `Aggregation`s and view
-filters refer to (see shared/spec/events.md).
+filters refer to (see shared/spec/events.md); columns beyond the spec's six (declared in the
+event stream's schema, see `feast_bytewax.features.schema`) ride in `Event.extra`, and
+`column_getter` reads either kind the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from operator import attrgetter
+from typing import Any
 
 EVENT_TYPES = frozenset({"view", "purchase", "login_failed", "login_ok"})
+EVENT_FIELDS = ("event_id", "user_id", "event_type", "amount", "category", "event_timestamp")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True, frozen=True)
 class Event:
-    """A validated event. `event_timestamp` is epoch microseconds, UTC."""
+    """A validated event. `event_timestamp` is epoch microseconds, UTC. `extra` holds the
+    declared extra columns (None when the schema has none)."""
 
     event_id: int | str
     user_id: str
@@ -23,15 +32,40 @@ class Event:
     category: str
     event_timestamp: int
     origin: str = ""
+    extra: Mapping[str, Any] | None = None
+
+
+def column_getter(column: str) -> Callable[[Event], Any]:
+    """A fast reader of one event column, a spec field or a declared extra column (missing
+    extra values read as None, which every aggregator skips)."""
+    if column in EVENT_FIELDS:
+        return attrgetter(column)
+
+    def extra(ev: Event) -> Any:
+        values = ev.extra
+        return None if values is None else values.get(column)
+
+    return extra
 
 
 @dataclass(slots=True, frozen=True)
 class Rejected:
-    """Input that failed validation: the original payload, why, and where it came from."""
+    """Input that failed validation: the payload, why, and where it came from.
+
+    `payload` is the original as text (records as JSON text). `raw` is the exact bytes when
+    the source delivered bytes (a Kafka value, a JSON line), so a dead letter can carry them
+    byte for byte; `no_value` marks a message without any value (a Kafka tombstone).
+    """
 
     payload: str
     reason: str
     origin: str
+    raw: bytes | None = None
+    no_value: bool = False
+
+    @property
+    def code(self) -> str:
+        return reason_code(self.reason)
 
 
 @dataclass(slots=True, frozen=True)
@@ -41,6 +75,14 @@ class Late:
     event: Event
     reason: str
     watermark: int
+
+    @property
+    def origin(self) -> str:
+        return self.event.origin
+
+    @property
+    def code(self) -> str:
+        return reason_code(self.reason)
 
 
 @dataclass(slots=True, frozen=True)
@@ -65,3 +107,36 @@ class EndOfInput:
     """
 
     max_ts: int
+
+
+def reason_code(reason: str) -> str:
+    """The stable code of a rejection or lateness reason (the text before the first colon)."""
+    return reason.split(":", 1)[0]
+
+
+def _iso(us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+
+
+def event_payload(e: Event) -> dict[str, Any]:
+    """An event as the JSON object the validator accepts (ISO-8601 UTC time): what a late
+    dead letter carries, so it can be fed back as it is."""
+    out: dict[str, Any] = {
+        "event_id": e.event_id, "user_id": e.user_id, "event_type": e.event_type,
+        "amount": e.amount, "category": e.category, "event_timestamp": _iso(e.event_timestamp),
+    }
+    if e.extra:
+        out.update(e.extra)
+    return out
+
+
+def dead_letter_record(x: Rejected | Late) -> dict[str, Any]:
+    """The JSON object written for one dead letter (file lines, Kafka late envelopes)."""
+    if isinstance(x, Rejected):
+        return {"kind": "rejected", "code": x.code, "reason": x.reason, "origin": x.origin,
+                "payload": x.payload}
+    if isinstance(x, Late):
+        return {"kind": "late", "code": x.code, "reason": x.reason, "origin": x.origin,
+                "watermark": x.watermark, "watermark_iso": _iso(x.watermark),
+                "payload": event_payload(x.event)}
+    raise TypeError(f"dead letters are Rejected or Late, got {type(x).__name__}")

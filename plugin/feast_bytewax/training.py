@@ -17,14 +17,25 @@ from typing import Any
 
 import pandas as pd
 
-from feast_bytewax.features.aggregators import make_aggregator
-from feast_bytewax.features.spec import EngineSpec, load_spec
+from feast_bytewax.features.registry import make_aggregator
+from feast_bytewax.errors import SpecError
+from feast_bytewax.features.spec import EngineSpec, load_flow_spec
 
 
 def empty_values(spec: EngineSpec) -> dict[str, Any]:
     """Feature name -> its value over an empty window."""
     return {f.name: make_aggregator(f.function, dict(f.options)).empty_value
             for f in spec.features}
+
+
+def entity_for(store: Any, entity_df: pd.DataFrame) -> EngineSpec:
+    """The registered entity whose join key `entity_df` carries."""
+    entities = load_flow_spec(store).entities
+    hits = [e for e in entities if e.join_key in entity_df.columns]
+    if len(hits) != 1:
+        raise SpecError(f"entity_df must carry exactly one join key of "
+                        f"{[e.join_key for e in entities]}; it has {list(entity_df.columns)}")
+    return hits[0]
 
 
 def training_frame(
@@ -37,8 +48,9 @@ def training_frame(
     """`entity_df` (join key, tz-aware timestamps, any label columns) + feature columns.
 
     `features` is a FeatureService or a list of "view:feature" references, as for Feast.
+    `spec` defaults to the registry's entity whose join key is a column of `entity_df`.
     """
-    spec = spec or load_spec(store)
+    spec = spec or entity_for(store, entity_df)
     key = spec.join_key
     ts = pd.to_datetime(entity_df[timestamp_column], utc=True)
     query = pd.DataFrame({key: entity_df[key].to_numpy(), timestamp_column: ts.to_numpy()})

@@ -33,10 +33,11 @@ def offline_frame(repo: Path) -> pd.DataFrame:
 
 
 def test_folder_of_shard_parts_equals_one_file(tmp_path):
-    from feast_bytewax.config import FlowConfig
+    from feast_bytewax.config import ReplayConfig
+    from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.dataflow.repo import open_store
     from feast_bytewax.datagen.generate import write_events
     from feast_bytewax.engine.routing import shard_of
-    from feast_bytewax.dataflow.replay import run_replay
     from feast_bytewax.skew.report import SkewOptions, compute_report
 
     one = make_feast_repo(tmp_path / "one")
@@ -44,8 +45,8 @@ def test_folder_of_shard_parts_equals_one_file(tmp_path):
     path = one / "data/events.parquet"
     write_events(path, 3000, 50, seed=17, start=start, duration=timedelta(hours=6),
                  late_fraction=0.04)
-    cfg = FlowConfig(repo_path=one, flush_rows=500)
-    a = run_replay(cfg, path)
+    cfg = ReplayConfig(repo=one, flush_rows=500, events=str(path))
+    a = run_replay(cfg)
     assert a.stats.corrections > 0
 
     folder_repo = make_feast_repo(tmp_path / "folder")
@@ -57,12 +58,12 @@ def test_folder_of_shard_parts_equals_one_file(tmp_path):
     for p in range(3):
         rows = [i for i, x in enumerate(part) if x == p]
         pq.write_table(table.take(rows), folder / f"part-{p:05d}.parquet")
-    b = run_replay(FlowConfig(repo_path=folder_repo, flush_rows=500), folder)
+    b = run_replay(ReplayConfig(repo=folder_repo, flush_rows=500, events=str(folder)))
 
     assert a.stats.rows == b.stats.rows and a.stats.corrections == b.stats.corrections
     pd.testing.assert_frame_equal(offline_frame(one), offline_frame(folder_repo))
     # and the skew check reads the folder in the same order: exact there too
-    report, _ = compute_report(folder_repo, folder, SkewOptions())
+    report, _ = compute_report(folder_repo, folder, SkewOptions(), open_store(folder_repo))
     assert report["offline"][0]["mismatched_points"] == 0
     assert report["event_log"]["corrections"] > 0
 
@@ -72,30 +73,29 @@ def test_live_kafka_run_equals_replay_of_its_messages(kafka_mock, tmp_path):
     produce order, replayed from a parquet file: the same offline rows up to the newest
     event time. The watermark delay exceeds the stream's span, so no event is late in either
     run whatever the interleaving of partitions (and the wall clock cannot differ)."""
-    from feast_bytewax.config import FlowConfig
-    from feast_bytewax.datagen.generate import generate_events
-    from feast_bytewax.dataflow.live import LiveOptions, run_live
+    from feast_bytewax.config import LiveConfig, ReplayConfig
+    from feast_bytewax.dataflow.live import run_live
     from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.datagen.generate import generate_events
     from tests.e2e.test_kafka_live_e2e import as_json
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=45)
     events = list(generate_events(1500, 30, start=start, duration=timedelta(minutes=40),
                                   seed=9, late_fraction=0.03))
-    knobs = dict(shards=4, watermark_delay_s=3600.0, allowed_lateness_s=0.0, batch_size=100)
+    knobs = dict(shards=4, watermark_delay=3600.0, allowed_lateness=0.0, batch_size=100)
 
     live_repo = make_feast_repo(tmp_path / "live")
     topic = kafka_mock.new_topic("backfill")
     kafka_mock.produce(topic, [(e["user_id"].encode(), as_json(e), None) for e in events])
-    result = run_live(LiveOptions(
-        source=f"kafka://{kafka_mock.bootstrap}/{topic}",
-        cfg=FlowConfig(repo_path=live_repo, **knobs),
-        max_events=len(events), idle_exit_s=30.0))
+    result = run_live(LiveConfig(
+        source=f"kafka://{kafka_mock.bootstrap}/{topic}", repo=live_repo, **knobs,
+        max_events=len(events), idle_exit=30.0))
     assert result.stats.consumed == len(events) and result.stats.late == 0
 
     replay_repo = make_feast_repo(tmp_path / "replay")
     path = replay_repo / "data/events.parquet"
     pd.DataFrame(events).to_parquet(path, index=False)
-    replayed = run_replay(FlowConfig(repo_path=replay_repo, **knobs), path)
+    replayed = run_replay(ReplayConfig(repo=replay_repo, **knobs, events=str(path)))
     assert replayed.stats.late == 0
 
     end = pd.Timestamp(max(e["event_timestamp"] for e in events)).tz_convert("UTC")

@@ -35,15 +35,15 @@ def enable_logging(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def served_repo(tmp_path_factory) -> Path:
-    from feast_bytewax.config import FlowConfig
-    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.config import ReplayConfig
     from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.datagen.generate import write_events
 
     repo = make_feast_repo(tmp_path_factory.mktemp("logging") / "repo")
     start = (datetime.now(UTC) - timedelta(hours=3)).replace(microsecond=0)
     write_events(repo / "data/events.parquet", 600, 12, seed=5, start=start,
                  duration=timedelta(hours=2))
-    run_replay(FlowConfig(repo_path=repo), repo / "data/events.parquet")
+    run_replay(ReplayConfig(repo=repo, events=str(repo / "data/events.parquet")))
     enable_logging(repo)
     return repo
 

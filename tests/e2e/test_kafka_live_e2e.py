@@ -28,11 +28,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from feast_bytewax.config import FlowConfig
+from feast_bytewax.config import LiveConfig
+from feast_bytewax.dataflow.live import run_live
 from feast_bytewax.datagen.generate import generate_events
-from feast_bytewax.kafka.source import read_dead_letter_topic
-from feast_bytewax.dataflow.live import LiveOptions, run_live
 from feast_bytewax.engine.routing import shard_of
+from feast_bytewax.kafka.deadletters import read_dead_letter_topic
 from feast_bytewax.timeutil import to_us
 from tests import reference as ref
 from tests.conftest import make_feast_repo
@@ -174,12 +174,11 @@ def test_one_partition_late_events_metrics_and_slo(kafka_mock, tmp_path, caplog)
     where = kafka_mock.produce(topic, [(e["user_id"].encode(), as_json(e), 0) for e in events])
     assert [o for _, o in where] == list(range(len(events)))
     port = free_port()
-    opts = LiveOptions(
-        source=f"kafka://{kafka_mock.bootstrap}/{topic}",
-        cfg=FlowConfig(repo_path=repo, shards=4, watermark_delay_s=DELAY_S,
-                       allowed_lateness_s=0.0, batch_size=50),
+    opts = LiveConfig(
+        source=f"kafka://{kafka_mock.bootstrap}/{topic}", repo=repo, shards=4,
+        watermark_delay=DELAY_S, allowed_lateness=0.0, batch_size=50,
         dead_letter_topic=dlq, late_topic=late_topic, metrics_port=port,
-        freshness_slo_s=1.0, max_events=len(events), idle_exit_s=30.0,
+        freshness_slo=1.0, max_events=len(events), idle_exit=30.0,
     )
     caplog.set_level("INFO")
     result = run_live(opts)
@@ -196,7 +195,7 @@ def test_one_partition_late_events_metrics_and_slo(kafka_mock, tmp_path, caplog)
     for d in dead:
         assert d["topic"] == topic and d["partition"] == "0"
         i = int(d["offset"])
-        assert d["record"]["event"]["event_id"] == events[i]["event_id"]
+        assert d["record"]["payload"]["event_id"] == events[i]["event_id"]
         assert d["origin"] == f"{topic}/0/{i}" and d["code"] and d["reason"]
         late_idx.add(i)
     # ... and the ones the per-shard watermark model predicts (the wall clock may add a few
@@ -293,10 +292,9 @@ def test_malformed_input_is_dead_lettered_and_nothing_is_lost(kafka_mock, tmp_pa
             bad_at[pos] = (code, value)
     assert len(bad_at) == len(bad) and n_good == len(good)
 
-    opts = LiveOptions(
-        source=f"kafka://{kafka_mock.bootstrap}/{topic}",
-        cfg=FlowConfig(repo_path=repo, shards=4, watermark_delay_s=7200.0),
-        dead_letter_topic=dlq, max_events=len(items), idle_exit_s=30.0,
+    opts = LiveConfig(
+        source=f"kafka://{kafka_mock.bootstrap}/{topic}", repo=repo, shards=4,
+        watermark_delay=7200.0, dead_letter_topic=dlq, max_events=len(items), idle_exit=30.0,
     )
     result = run_live(opts)
     stats = result.stats

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from feast_bytewax.records import FeatureRow
-from feast_bytewax.dataflow.feast_sink import FeastWriter, rows_to_frame
+from feast_bytewax.dataflow.writer import FeastWriter, rows_to_frame
 from feast_bytewax.features.spec import load_spec
+from feast_bytewax.records import FeatureRow
 from feast_bytewax.timeutil import to_us
 from tests.e2e.repos import FAST_PROVIDER, FAST_STORE, apply, copy_repo, redis_yaml
 

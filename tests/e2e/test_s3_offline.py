@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from feast_bytewax.config import FlowConfig
+from feast_bytewax.config import ReplayConfig
 from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import from_us, to_us
 from tests import reference as ref
@@ -53,8 +53,9 @@ def close(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def replayed_to_s3(tmp_path_factory, moto_server):
+    from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.dataflow.repo import apply_repo
     from feast_bytewax.datagen.generate import write_events
-    from feast_bytewax.dataflow.replay import apply_repo, run_replay
 
     moto_server.s3().create_bucket(Bucket=BUCKET)
     repo = copy_repo(tmp_path_factory.mktemp("s3") / "repo", YAML)
@@ -66,9 +67,9 @@ def replayed_to_s3(tmp_path_factory, moto_server):
         for name, value in {**MOTO_CREDENTIALS, "FEAST_S3_ENDPOINT": moto_server.endpoint}.items():
             mp.setenv(name, value)
         apply_repo(repo)
-        result = run_replay(FlowConfig(repo_path=repo, shards=SHARDS, watermark_delay_s=DELAY_S,
-                                       allowed_lateness_s=LATENESS_S, flush_rows=500),
-                            events_path)
+        result = run_replay(ReplayConfig(repo=repo, shards=SHARDS, watermark_delay=DELAY_S,
+                                         allowed_lateness=LATENESS_S, flush_rows=500,
+                                         events=str(events_path)))
     assert result.stats.balanced(), result.stats.summary()
     frame = pd.read_parquet(events_path)  # file order = arrival order (one worker)
     frame["event_timestamp"] = [to_us(t.to_pydatetime()) for t in frame["event_timestamp"]]

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import requests
 
-from feast_bytewax.config import FlowConfig
+from feast_bytewax.config import LiveConfig, ReplayConfig
 from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import to_us
 from tests import reference as ref
@@ -38,8 +38,9 @@ def close(a, b) -> bool:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, redis_server):
     """Replay generated events into a repo on Redis, start `feast serve` on it."""
+    from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.dataflow.repo import apply_repo
     from feast_bytewax.datagen.generate import write_events
-    from feast_bytewax.dataflow.replay import apply_repo, run_replay
 
     env = redis_db(redis_server, 1)
     repo = copy_repo(tmp_path_factory.mktemp("served") / "repo",
@@ -54,10 +55,9 @@ def served(tmp_path_factory, redis_server):
         mp.setenv("FEAST_REDIS", env["FEAST_REDIS"])  # the yaml reads it
         apply_repo(repo)
         # small flushes: many online writes per key, each newer than the stored one
-        result = run_replay(FlowConfig(repo_path=repo, shards=SHARDS,
-                                       watermark_delay_s=DELAY_S,
-                                       allowed_lateness_s=LATENESS_S, flush_rows=250),
-                            events_path)
+        result = run_replay(ReplayConfig(repo=repo, shards=SHARDS, watermark_delay=DELAY_S,
+                                         allowed_lateness=LATENESS_S, flush_rows=250,
+                                         events=str(events_path)))
     stats = result.stats
     assert stats.balanced(), stats.summary()
     assert stats.late > 0 and stats.corrections > 0, stats.summary()
@@ -180,9 +180,9 @@ def test_request_order_does_not_matter(served):
 def served_live(tmp_path_factory, redis_server, kafka_mock):
     import json
 
+    from feast_bytewax.dataflow.live import run_live
+    from feast_bytewax.dataflow.repo import apply_repo
     from feast_bytewax.datagen.generate import generate_events
-    from feast_bytewax.dataflow.live import LiveOptions, run_live
-    from feast_bytewax.dataflow.replay import apply_repo
 
     env = redis_db(redis_server, 2)
     repo = copy_repo(tmp_path_factory.mktemp("served_live") / "repo",
@@ -199,11 +199,10 @@ def served_live(tmp_path_factory, redis_server, kafka_mock):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FEAST_REDIS", env["FEAST_REDIS"])
         apply_repo(repo)
-        result = run_live(LiveOptions(
-            source=f"kafka://{kafka_mock.bootstrap}/{topic}",
-            cfg=FlowConfig(repo_path=repo, shards=SHARDS, watermark_delay_s=7200.0,
-                           allowed_lateness_s=0.0, batch_size=100, flush_rows=200),
-            max_events=len(stream), idle_exit_s=30.0,
+        result = run_live(LiveConfig(
+            source=f"kafka://{kafka_mock.bootstrap}/{topic}", repo=repo, shards=SHARDS,
+            watermark_delay=7200.0, allowed_lateness=0.0, batch_size=100, flush_rows=200,
+            max_events=len(stream), idle_exit=30.0,
         ))
     stats = result.stats
     assert stats.consumed == stats.processed == len(stream), result.summary()

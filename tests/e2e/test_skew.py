@@ -8,7 +8,6 @@ side reads, a tampered logged (served) value.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from dataclasses import replace
@@ -35,15 +34,16 @@ feast_bytewax_logging:
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory) -> Path:
     """A repo after replaying ~4k events (60 users, 6 h, 3% late) in small flushes."""
-    from feast_bytewax.config import FlowConfig
-    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.config import ReplayConfig
     from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.datagen.generate import write_events
 
     repo = make_feast_repo(tmp_path_factory.mktemp("skew") / "repo")
     start = (datetime.now(UTC) - timedelta(hours=8)).replace(microsecond=0)
     write_events(repo / "data/events.parquet", 4000, 60, seed=11, start=start,
                  duration=timedelta(hours=6), late_fraction=0.03)
-    result = run_replay(FlowConfig(repo_path=repo, flush_rows=400), repo / "data/events.parquet")
+    result = run_replay(ReplayConfig(repo=repo, flush_rows=400,
+                                     events=str(repo / "data/events.parquet")))
     assert result.stats.balanced()
     assert result.stats.corrections > 0
     return repo
@@ -56,10 +56,11 @@ def copy_of(repo: Path, tmp_path: Path) -> Path:
 
 
 def report_for(repo: Path, spec=None, **opts):
+    from feast_bytewax.dataflow.repo import open_store
     from feast_bytewax.skew.report import SkewOptions, compute_report
 
     report, plots = compute_report(repo, repo / "data/events.parquet", SkewOptions(**opts),
-                                   spec=spec)
+                                   open_store(repo), spec=spec)
     return report, plots
 
 
@@ -175,7 +176,7 @@ def test_one_tampered_value_is_detected(replayed, tmp_path):
 def test_wrong_window_in_the_definition_is_detected(replayed):
     """The batch side reads a definition whose 30 min window became 20 min (as if the stream
     had run another version of feast_repo/): that feature, and only it, disagrees."""
-    from feast_bytewax.dataflow.replay import open_store
+    from feast_bytewax.dataflow.repo import open_store
     from feast_bytewax.features.spec import load_spec
 
     spec = load_spec(open_store(replayed))
@@ -236,11 +237,10 @@ def test_served_vectors_are_checked_and_a_tampered_one_is_found(replayed, tmp_pa
     row = int(df[col].fillna(0).to_numpy().argmax())
     df.loc[row, col] = df.loc[row, col] + 2
     pq.write_table(pa.Table.from_pandas(df, schema=t.schema, preserve_index=False), f)
-    from feast_bytewax.skew.report import main
+    from feast_bytewax.cli.main import main
 
-    code = main(argparse.Namespace(
-        repo=repo, events=repo / "data/events.parquet", out=repo / "data/skew2",
-        max_mismatch_rate=0.0))
+    code = main(["skew", "--repo", str(repo), "--events", str(repo / "data/events.parquet"),
+                 "--out", str(repo / "data/skew2")])
     assert code == 1
     logged = json.loads((repo / "data/skew2/skew_report.json").read_text())["logged"]
     assert logged["mismatched_vectors"] == 1

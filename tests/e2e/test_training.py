@@ -48,10 +48,11 @@ def _same(got, want) -> bool:
 
 
 def test_training_frame_matches_reference_as_of_each_row(feast_repo_dir):
-    from feast_bytewax.config import FlowConfig
+    from feast_bytewax.config import ReplayConfig
+    from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.dataflow.repo import open_store
     from feast_bytewax.datagen.generate import write_events
     from feast_bytewax.engine.routing import shard_of
-    from feast_bytewax.dataflow.replay import open_store, run_replay
     from feast_bytewax.features.spec import load_spec
     from feast_bytewax.timeutil import from_us
     from feast_bytewax.training import training_frame
@@ -60,15 +61,15 @@ def test_training_frame_matches_reference_as_of_each_row(feast_repo_dir):
     start = (datetime.now(UTC) - timedelta(hours=8)).replace(microsecond=0)
     write_events(events_path, 3000, 40, seed=23, start=start, duration=timedelta(hours=6),
                  late_fraction=0.04)
-    cfg = FlowConfig(repo_path=feast_repo_dir)
-    result = run_replay(cfg, events_path)
+    cfg = ReplayConfig(repo=feast_repo_dir, events=str(events_path))
+    result = run_replay(cfg)
     assert result.stats.corrections > 0
 
     store = open_store(feast_repo_dir)
     spec = load_spec(store)
     events = _events_in_file_order(events_path)
     visible, late = ref.arrival_model(
-        events, round(cfg.watermark_delay_s * 1e6), round(cfg.allowed_lateness_s * 1e6),
+        events, round(cfg.watermark_delay * 1e6), round(cfg.allowed_lateness * 1e6),
         group_of=lambda user: shard_of(user, cfg.shards))
     horizon = max(e["event_timestamp"] for e in events)
 

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.records import FeatureRow, Late, Rejected
 from feast_bytewax.dataflow.flow import build_flow
-from feast_bytewax.observability.metrics import FlowStats
 from feast_bytewax.engine.routing import shard_of
+from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.records import FeatureRow, Late, Rejected
 from tests import reference as ref
 
 MIN = 60_000_000
@@ -67,8 +67,8 @@ def run_flow(payloads, cfg: FlowConfig, workers: int):
 
 
 def expected(arrived, cfg: FlowConfig):
-    delay = round(cfg.watermark_delay_s * 1e6)
-    lateness = round(cfg.allowed_lateness_s * 1e6)
+    delay = round(cfg.watermark_delay * 1e6)
+    lateness = round(cfg.allowed_lateness * 1e6)
     visible, late = ref.arrival_model(arrived, delay, lateness,
                                       group_of=lambda u: shard_of(u, cfg.shards))
     end = max(e["event_timestamp"] for e in arrived)
@@ -78,7 +78,7 @@ def expected(arrived, cfg: FlowConfig):
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_flow_rows_equal_reference(workers, seed):
-    cfg = FlowConfig(shards=4, watermark_delay_s=5, allowed_lateness_s=20 * 60)
+    cfg = FlowConfig(shards=4, watermark_delay=5, allowed_lateness=20 * 60)
     arrived, payloads, n_bad = make_stream(seed, 400, 6, late_share=0.05)
     rows, dead, stats = run_flow(payloads, cfg, workers)
     want, late_idx = expected(arrived, cfg)
@@ -101,7 +101,7 @@ def test_flow_rows_equal_reference(workers, seed):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 10_000), st.sampled_from([0, 3 * 60]), st.integers(1, 5))
 def test_flow_matches_reference_on_random_streams(seed, lateness_s, shards):
-    cfg = FlowConfig(shards=shards, watermark_delay_s=3, allowed_lateness_s=lateness_s)
+    cfg = FlowConfig(shards=shards, watermark_delay=3, allowed_lateness=lateness_s)
     arrived, payloads, _ = make_stream(seed, 150, 4, late_share=0.1)
     rows, dead, stats = run_flow(payloads, cfg, 1)
     want, late_idx = expected(arrived, cfg)

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
-from feast_bytewax.records import Event, FeatureRow, Late
 from feast_bytewax.features.spec import FeatureSpec
+from feast_bytewax.records import Event, FeatureRow, Late
 from tests import reference as ref
 
 MIN = 60_000_000

@@ -3,9 +3,9 @@ idle, so keys decay on time, and the Bytewax logic asks to be woken exactly then
 
 from __future__ import annotations
 
+from feast_bytewax.dataflow.step import FeatureStepConfig
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.records import EndOfInput, Event, FeatureRow
-from feast_bytewax.dataflow.step import FeatureStepConfig
 from feast_bytewax.timeutil import to_us
 from tests import reference as ref
 

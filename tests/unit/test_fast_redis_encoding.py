@@ -16,9 +16,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.stores.fast_redis import (
-    _entity_key_bytes,
+from feast_bytewax.stores.redis_encoding import (
     encode_column,
+    entity_key_bytes,
     entity_keys_bytes,
     split_datetime,
     timestamp_bytes,
@@ -97,7 +97,7 @@ def test_entity_keys_serialize_like_feast(strings, ints):
     assert entity_keys_bytes("user_id", ValueType.STRING, strings, 3) == want
     protos = [EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val=s)])
               for s in strings]
-    assert [_entity_key_bytes(p, 3) for p in protos] == want
+    assert [entity_key_bytes(p, 3) for p in protos] == want
     want_int = [serialize_entity_key(EntityKeyProto(join_keys=["n"],
                                                     entity_values=[ValueProto(int64_val=i)]), 3)
                 for i in ints]

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
 
-from feast_bytewax.records import FeatureRow
-from feast_bytewax.dataflow.feast_sink import FeastSink, FeastSinkPartition, FeastWriter, rows_to_frame
+from feast_bytewax.dataflow.feast_sink import FeastSink, FeastSinkPartition
+from feast_bytewax.dataflow.writer import FeastWriter, rows_to_frame
 from feast_bytewax.features.spec import EngineSpec, load_spec
+from feast_bytewax.records import FeatureRow
 from feast_bytewax.timeutil import from_us, to_us
 
 FOLDER = Path("data/offline/user_features")

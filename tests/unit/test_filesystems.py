@@ -1,4 +1,5 @@
-"""feast_bytewax.ingest.filesystems: one path/URI -> pyarrow filesystem helper for sources and stores."""
+"""feast_bytewax.ingest.filesystems: one path/URI -> pyarrow filesystem helper for sources and
+stores."""
 
 from __future__ import annotations
 

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feast_bytewax.records import Event, Rejected
 from feast_bytewax.datagen.generate import (
     BAD_KINDS,
     CATEGORIES,
@@ -22,8 +21,9 @@ from feast_bytewax.datagen.generate import (
     generate_events,
     write_events,
 )
+from feast_bytewax.ingest.validate import parse_json
+from feast_bytewax.records import Event, Rejected, reason_code
 from feast_bytewax.timeutil import to_us, utc_now_us
-from feast_bytewax.ingest.validate import parse_json, reason_code
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000

@@ -15,7 +15,7 @@ import pytest
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
-from feast_bytewax.stores import parquet_folder
+from feast_bytewax.stores import parquet_folder, parquet_parts
 from feast_bytewax.stores.parquet_folder import (
     STORE_TYPE,
     ParquetFolderOfflineStore,
@@ -270,7 +270,7 @@ def test_s3_root_appends_and_reads_through_pyarrow(feast_repo_dir: Path, moto_s3
 
 
 def test_part_names_are_unique_and_sort_in_write_order() -> None:
-    names = [parquet_folder.new_part_name(now_ns=n) for n in (5, 40, 40, 10**18)]
+    names = [parquet_parts.new_part_name(now_ns=n) for n in (5, 40, 40, 10**18)]
     assert len(set(names)) == 4
     assert names[0] < names[1] and names[2] < names[3]
     assert all(n.startswith("part-") and n.endswith(".parquet") for n in names)

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.skew.batch_reference import batch_features
 from feast_bytewax.features.spec import EngineSpec, FeatureSpec
+from feast_bytewax.skew.batch_reference import batch_features
 from feast_bytewax.timeutil import to_us
 from tests.reference import (
     arrival_model,

@@ -18,15 +18,14 @@ from bytewax.testing import TestingSink, run_main
 from feast_bytewax.dataflow.deadletters import (
     DeadLetterSink,
     count_by_code,
-    dead_letter_record,
     keyed,
     read_dead_letters,
 )
-from feast_bytewax.records import Event, Late, Rejected
 from feast_bytewax.datagen.generate import write_events
 from feast_bytewax.ingest.files import EventFileSource, list_event_files
-from feast_bytewax.timeutil import to_us, utc_now_us
 from feast_bytewax.ingest.validate import EpochUs, validate_item
+from feast_bytewax.records import Event, Late, Rejected, dead_letter_record
+from feast_bytewax.timeutil import to_us, utc_now_us
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
 HOUR_US = 3_600_000_000
@@ -243,8 +242,10 @@ def test_dead_letter_records():
     lt = dead_letter_record(Late(EV, "too_late: 90 s behind", 1_793_521_890_000_000))
     assert lt["kind"] == "late" and lt["code"] == "too_late"
     assert lt["origin"] == "ev.jsonl:3" and lt["watermark"] == 1_793_521_890_000_000
-    assert lt["event"]["event_id"] == 7
-    assert lt["event"]["event_timestamp_iso"] == "2026-11-01T08:30:00+00:00"
+    assert lt["payload"]["event_id"] == 7
+    assert lt["payload"]["event_timestamp"] == "2026-11-01T08:30:00+00:00"
+    # the payload is input again: validated, it is the same event
+    assert validate_item(lt["payload"], "ev.jsonl:3", EV.event_timestamp, 0) == EV
     assert keyed(Late(EV, "r", 0))[0] == "ev.jsonl"
     with pytest.raises(TypeError):
         dead_letter_record(EV)

@@ -8,19 +8,34 @@ shared/spec/features.md, both as plain Python objects and as registry copies aft
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from feast import Entity, FeatureStore, Field, PushSource, RepoConfig, StreamFeatureView, ValueType
+from feast import (
+    Entity,
+    FeatureStore,
+    Field,
+    FileSource,
+    KafkaSource,
+    PushSource,
+    RepoConfig,
+    StreamFeatureView,
+    ValueType,
+)
 from feast.aggregation import Aggregation
+from feast.data_format import JsonFormat
 from feast.repo_config import RegistryConfig
 from feast.types import Float64, Int64, String
 
-from feast_bytewax.features.aggregators import ALIASES, REGISTRY, make_aggregator
+from feast_bytewax.features.registry import ALIASES, REGISTRY, make_aggregator
+from feast_bytewax.features.schema import parse_schema_ddl
 from feast_bytewax.features.spec import (
     EngineSpec,
     FeatureSpec,
     SpecError,
+    StreamInput,
+    compile_flow,
     compile_view,
     compile_views,
     load_spec,
@@ -307,7 +322,95 @@ def test_views_of_several_entities_need_a_join_key():
         schema=[Field(name="account_id", dtype=String), Field(name="b_10m", dtype=Int64)],
         aggregations=[agg(name="b_10m")],
     )
-    with pytest.raises(SpecError, match="several or composite join keys"):
+    with pytest.raises(SpecError, match="several join keys"):
         compile_views([v1, v2])
-    assert compile_views([v1, v2], "account_id").feature_names == ("b_10m",)
-    assert compile_views([v1, v2], "user_id").feature_names == ("a_10m",)
+    schema = parse_schema_ddl("account_id STRING")
+    assert compile_views([v1, v2], "account_id", schema=schema).feature_names == ("b_10m",)
+    assert compile_views([v1, v2], "user_id", schema=schema).feature_names == ("a_10m",)
+
+
+# ------------------------------------------- columns come from the declared event schema
+
+def kafka_source(ddl: str, name: str = "events_stream") -> KafkaSource:
+    return KafkaSource(
+        name=name, timestamp_field="event_timestamp", kafka_bootstrap_servers="b1:9092,b2:9092",
+        topic="events", message_format=JsonFormat(schema_json=ddl),
+        watermark_delay_threshold=timedelta(seconds=7),
+        batch_source=FileSource(name=f"{name}_archive", path="data/events",
+                                timestamp_field="event_timestamp"),
+    )
+
+
+def merchant_view() -> StreamFeatureView:
+    merchant = Entity(name="merchant", join_keys=["merchant_id"], value_type=ValueType.STRING)
+    return StreamFeatureView(
+        name="merchant_features", source=push, entities=[merchant], ttl=timedelta(0),
+        timestamp_field="event_timestamp", tags={"feast_bytewax.filter": "channel=web"},
+        schema=[Field(name="merchant_id", dtype=String), Field(name="web_sales_1h", dtype=Float64)],
+        aggregations=[agg(name="web_sales_1h", function="sum", column="discounted",
+                          window=timedelta(hours=1))],
+    )
+
+
+def test_undeclared_columns_fail_at_compile_time_naming_view_and_column():
+    """Issue 7, defect 1: a view on `merchant_id` used to compile and then die in a worker."""
+    with pytest.raises(SpecError, match=r"view 'merchant_features': join key 'merchant_id' is "
+                                        r"not an event column"):
+        compile_flow([merchant_view()])
+    with pytest.raises(SpecError, match=r"'merchant_features'.*filter column 'channel'"):
+        compile_flow([merchant_view()], sources=[kafka_source("merchant_id STRING")])
+    with pytest.raises(SpecError, match=r"'web_sales_1h'.*Aggregation.column 'discounted'"):
+        compile_flow([merchant_view()],
+                     sources=[kafka_source("merchant_id STRING, channel STRING")])
+    with pytest.raises(SpecError, match=r"'web_sales_1h'.*sum needs a numeric column"):
+        compile_flow([merchant_view()], sources=[
+            kafka_source("merchant_id STRING, channel STRING, discounted STRING")])
+    with pytest.raises(SpecError, match=r"'adhoc'.*Aggregation.column 'amout'"):
+        compile_view(view(agg(name="s", function="sum", column="amout"),
+                          schema=[Field(name="s", dtype=Float64)]))
+
+
+def test_one_flow_serves_every_entity_with_its_declared_schema():
+    ddl = "merchant_id STRING, channel STRING, discounted DOUBLE"
+    flow = compile_flow([*shipped_views(), merchant_view()], entities=[repo_entities.user],
+                        sources=[kafka_source(ddl)])
+    assert [e.join_key for e in flow.entities] == ["merchant_id", "user_id"]
+    assert flow.entity("merchant_id").feature_names == ("web_sales_1h",)
+    assert flow.entity("user_id") == compile_views(shipped_views(), entities=[repo_entities.user])
+    assert flow.schema.extra == (("merchant_id", "string"), ("channel", "string"),
+                                 ("discounted", "double"))
+    assert flow.stream == StreamInput("events_stream", ("b1:9092", "b2:9092"), "events", 7.0,
+                                      "data/events")
+
+
+def test_schema_ddl_errors_are_clear():
+    with pytest.raises(SpecError, match=r"column 'amount' is STRING, but the event spec"):
+        parse_schema_ddl("amount STRING")
+    with pytest.raises(SpecError, match=r"column 'x' has type MAP"):
+        parse_schema_ddl("x MAP")
+    with pytest.raises(SpecError, match=r"is not `name TYPE`"):
+        parse_schema_ddl("justaname")
+    assert parse_schema_ddl("event_id LONG, user_id STRING, tip DOUBLE").extra == (
+        ("tip", "double"),)
+
+
+def test_several_kafka_sources_need_the_input_tag():
+    a, b = kafka_source("", "a_stream"), kafka_source("tip DOUBLE", "b_stream")
+    with pytest.raises(SpecError, match=r"several KafkaSources \['a_stream', 'b_stream'\]"):
+        compile_flow(shipped_views(), [repo_entities.user], [a, b])
+    tagged = [view(agg(name="t", function="sum", column="tip"), name="tips",
+                   schema=[Field(name="t", dtype=Float64)],
+                   tags={"feast_bytewax.input": "b_stream"})]
+    assert compile_flow(tagged, sources=[a, b]).stream.name == "b_stream"
+    with pytest.raises(SpecError, match=r"feast_bytewax.input='nope': no such KafkaSource"):
+        compile_flow([view(tags={"feast_bytewax.input": "nope"})], sources=[a])
+
+
+def test_fingerprint_and_identity_change_with_a_definition():
+    spec = compile_views(shipped_views(), entities=[repo_entities.user])
+    assert spec.fingerprint == compile_views(shipped_views(),
+                                             entities=[repo_entities.user]).fingerprint
+    longer = replace(spec, features=(replace(spec.features[0], window_us=2 * HOUR_US),
+                                     *spec.features[1:]))
+    assert longer.fingerprint != spec.fingerprint
+    assert longer.features[0].identity != spec.features[0].identity

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feast_bytewax.records import Event, Rejected
+from feast_bytewax.ingest.validate import REASON_CODES, from_record, parse_json
+from feast_bytewax.records import Event, Rejected, reason_code
 from feast_bytewax.timeutil import to_us
-from feast_bytewax.ingest.validate import REASON_CODES, from_record, parse_json, reason_code
 
 NOW = to_us(datetime(2026, 11, 2, tzinfo=UTC))
 HOUR = 3_600_000_000

@@ -11,8 +11,8 @@ One JSON object per line:
 - rejected: ``{"kind": "rejected", "code", "reason", "origin", "payload"}`` (payload = the
   original text);
 - late: ``{"kind": "late", "code", "reason", "origin", "watermark", "watermark_iso",
-  "event": {event_id, user_id, event_type, amount, category, event_timestamp (us),
-  event_timestamp_iso}}``.
+  "payload": {the event as a JSON object the validator accepts}}`` (`records.event_payload`),
+  so a late event can be fed back as it is.
 
 Exactly-once with bytewax recovery: the snapshot of a partition is the byte size of its file
 after a flush, and a resumed partition truncates its file to that size before writing, so the
@@ -29,57 +29,19 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from feast_bytewax.records import Late, Rejected
-from feast_bytewax.timeutil import from_us
+from feast_bytewax.records import Late, Rejected, dead_letter_record
 
 __all__ = [
     "DeadLetterSink",
     "count_by_code",
-    "dead_letter_record",
     "keyed",
     "read_dead_letters",
 ]
 
 
-def _code(reason: str) -> str:
-    return reason.split(":", 1)[0]
-
-
-def dead_letter_record(x: Rejected | Late) -> dict:
-    """The JSON object written for one dead letter."""
-    if isinstance(x, Rejected):
-        return {
-            "kind": "rejected",
-            "code": _code(x.reason),
-            "reason": x.reason,
-            "origin": x.origin,
-            "payload": x.payload,
-        }
-    if isinstance(x, Late):
-        e = x.event
-        return {
-            "kind": "late",
-            "code": _code(x.reason),
-            "reason": x.reason,
-            "origin": e.origin,
-            "watermark": x.watermark,
-            "watermark_iso": from_us(x.watermark).isoformat(),
-            "event": {
-                "event_id": e.event_id,
-                "user_id": e.user_id,
-                "event_type": e.event_type,
-                "amount": e.amount,
-                "category": e.category,
-                "event_timestamp": e.event_timestamp,
-                "event_timestamp_iso": from_us(e.event_timestamp).isoformat(),
-            },
-        }
-    raise TypeError(f"dead letters are Rejected or Late, got {type(x).__name__}")
-
-
 def keyed(x: Rejected | Late) -> tuple[str, Rejected | Late]:
     """``x`` -> ``(key, x)`` for `DeadLetterSink`; key = the source part of the origin."""
-    origin = x.origin if isinstance(x, Rejected) else x.event.origin
+    origin = x.origin
     return (origin.rsplit(":", 1)[0] if ":" in origin else origin, x)
 
 

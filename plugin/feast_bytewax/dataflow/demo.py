@@ -6,7 +6,6 @@ folder offline) -> read the features back through Feast, online and point-in-tim
 
 from __future__ import annotations
 
-import argparse
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from feast_bytewax.config import FlowConfig
+from feast_bytewax.config import DemoConfig, ReplayConfig
+from feast_bytewax.dataflow.replay import ReplayResult, run_replay
+from feast_bytewax.dataflow.repo import apply_repo, open_store
+from feast_bytewax.datagen.generate import write_events
+from feast_bytewax.observability.progress import live_progress
+from feast_bytewax.training import training_frame
 
 console = Console(width=None if Console().is_terminal else 150)
 SERVICE = "user_fraud_features"
@@ -40,12 +44,8 @@ def _table(title: str, df: pd.DataFrame) -> Table:
     return t
 
 
-def main(args: argparse.Namespace) -> int:
-    from feast_bytewax.datagen.generate import write_events
-    from feast_bytewax.observability.progress import live_progress
-    from feast_bytewax.dataflow.replay import apply_repo, describe, open_store, run_replay
-    from feast_bytewax.training import training_frame
-
+def run_demo(args: DemoConfig) -> ReplayResult:
+    """The four steps; returns the replay's result (its counters decide the exit code)."""
     repo = Path(args.repo).resolve()
     data = repo / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     # The last 24 hours, so the online values are "now"-ish and no event is in the future.
     start = (datetime.now(UTC) - timedelta(hours=24)).replace(microsecond=0)
     console.rule("1/4 generate events")
-    gen = write_events(events_path, args.events, args.users, seed=args.seed, start=start)
+    gen = write_events(events_path, args.count, args.users, seed=args.seed, start=start)
     console.print(f"{gen['rows']:,} events, {gen['users']:,} users, {gen['late_rows']:,} late, "
                   f"{gen['min_event_timestamp']} .. {gen['max_event_timestamp']} -> {events_path}")
 
@@ -62,8 +62,9 @@ def main(args: argparse.Namespace) -> int:
 
     console.rule("3/4 replay through the Bytewax dataflow into Feast")
     with live_progress(True) as on_progress:
-        result = run_replay(FlowConfig(repo_path=repo), events_path, on_progress=on_progress)
-    console.print(describe(result))
+        result = run_replay(ReplayConfig(repo=repo, events=str(events_path)),
+                            on_progress=on_progress)
+    console.print(result.describe())
 
     console.rule("4/4 read the features back through Feast")
     store = open_store(repo)
@@ -92,4 +93,4 @@ def main(args: argparse.Namespace) -> int:
     console.print(_table("point-in-time training frame (get_historical_features)", frame))
     console.print(f"offline rows: {repo / 'data/offline/user_features'}  "
                   f"online store: {repo / 'data/online.db'}")
-    return 0 if result.stats.balanced() else 1
+    return result

@@ -5,34 +5,29 @@
 `snapshot()`, i.e. at every epoch end, so everything before a recovery snapshot is durable in
 Feast (Bytewax's at-least-once contract: rows after the last snapshot are replayed on resume,
 and the online write is an idempotent overwrite; offline, replayed rows are appended again).
-
-The writer's names (`FeastWriter`, `rows_to_frame`, `latest_per_key`, ...) are re-exported
-here: existing imports from this module keep working.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from feast import FeatureStore
 
-from feast_bytewax.records import FeatureRow
-from feast_bytewax.observability.metrics import FlowStats
-from feast_bytewax.features.spec import EngineSpec, load_spec
-from feast_bytewax.dataflow.writer import (  # noqa: F401 - re-exported
+from feast_bytewax.dataflow.writer import (
     DEFAULT_MAX_INTERVAL_S,
     DEFAULT_MAX_ROWS,
-    PANDAS_DTYPES,
-    TIMESTAMP_COLUMN,
     FeastWriter,
-    latest_per_key,
     nonnegative_seconds,
-    rows_to_frame,
 )
+from feast_bytewax.features.spec import EngineSpec, load_spec
+from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.records import FeatureRow
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +79,8 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         spec: the `EngineSpec` the rows follow; default: compiled from the registry on the
             worker (`spec.load_spec(store, join_key)`).
         partitions: number of partitions, spread over workers (default 1).
-        max_rows / max_interval / online / offline: passed to each `FeastWriter`.
+        max_rows / max_interval / online / offline / stats / on_flush: passed to each
+            `FeastWriter` (`on_flush(rows)` sees every flushed batch: freshness metrics).
         fs_yaml_file: a feature_store.yaml other than `repo_path/feature_store.yaml`.
         join_key: the entity to compile the spec for when `spec` is None.
     """
@@ -102,6 +98,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         fs_yaml_file: str | Path | None = None,
         join_key: str | None = None,
         stats: FlowStats | None = None,
+        on_flush: Callable[[list[FeatureRow]], None] | None = None,
     ) -> None:
         if not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"partitions must be a positive int, got {partitions!r}")
@@ -117,13 +114,12 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         self.fs_yaml_file = None if fs_yaml_file is None else str(fs_yaml_file)
         self.join_key = join_key
         self.stats = stats
+        self.on_flush = on_flush
 
     def list_parts(self) -> list[str]:
         return [f"feast-{i}" for i in range(self.partitions)]
 
     def open_store(self) -> Any:
-        from feast import FeatureStore
-
         fs_yaml = None if self.fs_yaml_file is None else Path(self.fs_yaml_file)
         return FeatureStore(repo_path=self.repo_path, fs_yaml_file=fs_yaml)
 
@@ -132,7 +128,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, None]):
         spec = self.spec if self.spec is not None else load_spec(store, self.join_key)
         return FeastWriter(
             store, spec, max_rows=self.max_rows, max_interval=self.max_interval,
-            online=self.online, offline=self.offline, stats=self.stats,
+            online=self.online, offline=self.offline, stats=self.stats, on_flush=self.on_flush,
         )
 
     def build_part(

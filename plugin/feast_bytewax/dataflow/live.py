@@ -1,20 +1,12 @@
-"""`feast-bytewax run`: the live dataflow, Kafka -> features -> Feast, from the project root.
+"""The live dataflow, Kafka -> features -> Feast (`feast-bytewax run`, `dataflows/live.py`).
 
-    feast-bytewax run --source kafka://HOST:PORT[,HOST:PORT]/TOPIC [knobs]
-
-The flow is `flow.build_flow` with a `kafka.KafkaEventSource` and a wall clock
-(`timeutil.utc_now_us`), so the watermark keeps moving while the stream is idle and idle
-keys decay on time. Feature rows go through Feast (`feature_store.yaml` of `--repo`); rejected
-input and late events go to `--dead-letter-topic` / `--late-topic` (Kafka) or, without a topic,
-to the `--dead-letters` JSON-lines file.
-
-Run-specific knobs (see `add_run_arguments`): `--start-from earliest|latest`,
-`--kafka-option KEY=VALUE` (repeated; librdkafka settings, e.g. ``security.protocol=SASL_SSL``;
-secrets better in ``FEAST_BYTEWAX_KAFKA_OPT_SASL_PASSWORD``-style variables, see
-`kafka.kafka_options`), `--metrics-port` (Prometheus), `--freshness-slo SECONDS`,
-`--recovery-dir DIR` (Bytewax recovery: state and offsets survive a crash; created with one
-partition when empty), `--epoch-interval SECONDS`, and stop conditions for tests and batch
-use: `--max-events N`, `--idle-exit SECONDS`, `--stop-at-end`.
+The flow is `flow.build_flow` with a `kafka.source.KafkaEventSource` and a wall clock, so the
+watermark keeps moving while the stream is idle and idle keys decay on time. Brokers, topic
+and watermark delay come from `--source` / `--watermark-delay` (or their
+``FEAST_BYTEWAX_*`` variables), else from the event stream's `KafkaSource` in
+`feast_repo/`. Feature rows go through Feast (`feature_store.yaml` of `--repo`); rejected
+input and late events go to `--dead-letter-topic` / `--late-topic` (Kafka) or, without a
+topic, to the `--dead-letters` JSON-lines file.
 
 Stopping (SIGTERM or Ctrl-C):
 
@@ -22,71 +14,62 @@ Stopping (SIGTERM or Ctrl-C):
   prints its summary and exits 0); a second signal aborts at once. A clean stop is an end of
   input: open windows are finalized at the newest event time (the state is gone anyway);
 - with `--recovery-dir`: the run aborts at once and a restart resumes state and offsets from
-  the last snapshot (at most `--epoch-interval` old) and replays what followed it: exact
-  features, at-least-once outputs (online writes are idempotent overwrites; the offline
-  store and the dead-letter topics may get duplicates of those rows). Finalizing windows at
-  a stop would instead turn events that arrive after the restart into corrections or late.
+  the last snapshot (at most `--epoch-interval` old) and replays what followed it.
 
-Metrics (``--metrics-port``): everything in `metrics.py` (consumed, processed, late,
-rejected, corrections, rows, rows pushed offline/online, push seconds, freshness since event
-time and since arrival, the SLO's p99/breaches, Kafka errors, dead letters produced, per-
-partition ``feast_bytewax_kafka_lag``) plus Bytewax's own ``bytewax_kafka_consumer_lag``
-(librdkafka statistics, every second once a partition has read something).
+Metrics (``--metrics-port``): everything in `observability.metrics` plus Bytewax's own
+``bytewax_kafka_consumer_lag``.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from feast_bytewax.dataflow.live_flow import LiveParts, build_live_flow, check_topic
-from feast_bytewax.observability.freshness import (
-    ARRIVAL_MAX_TRACKED,
-    ARRIVAL_SAMPLE_PER_BATCH,
-    FreshnessRecorder,
-)
-from feast_bytewax.dataflow.live_options import (
-    DEFAULT_EPOCH_S,
-    LiveOptions,
-    add_run_arguments,
-    options_from_args,
-    options_from_env,
-)
+from bytewax.errors import BytewaxRuntimeError
+from bytewax.recovery import RecoveryConfig
+from bytewax.run import cli_main
+from confluent_kafka.admin import AdminClient
 
-log = logging.getLogger("feast_bytewax.dataflow.live")
+from feast_bytewax.config import LiveConfig, parse_kafka_url
+from feast_bytewax.dataflow.deadletters import DeadLetterSink
+from feast_bytewax.dataflow.feast_sink import FeastSink
+from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.dataflow.repo import check_repo, open_store
+from feast_bytewax.dataflow.runtime import Signals, ensure_recovery_dir, gc_frozen, ticker
+from feast_bytewax.errors import ConfigError
+from feast_bytewax.features.spec import FlowSpec, load_flow_spec
+from feast_bytewax.kafka.deadletters import KafkaDeadLetterSink
+from feast_bytewax.kafka.settings import kafka_options
+from feast_bytewax.kafka.source import KafkaEventSource, KafkaSourceError, StopControl
+from feast_bytewax.observability.freshness import FreshnessRecorder
+from feast_bytewax.observability.metrics import serve_metrics
+from feast_bytewax.observability.slo import FreshnessSLO
+from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.timeutil import utc_now_us
 
-__all__ = [
-    "ARRIVAL_MAX_TRACKED",
-    "ARRIVAL_SAMPLE_PER_BATCH",
-    "DEFAULT_EPOCH_S",
-    "FreshnessRecorder",
-    "LiveOptions",
-    "LiveParts",
-    "LiveResult",
-    "add_run_arguments",
-    "build_live_flow",
-    "check_topic",
-    "consumer_lag",
-    "ensure_recovery_dir",
-    "main",
-    "options_from_args",
-    "options_from_env",
-    "run_live",
-]
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveParts:
+    """What `build_live_flow` built besides the flow (for the runner and tests)."""
+
+    source: KafkaEventSource
+    stop: StopControl
+    recorder: FreshnessRecorder
+    slo: FreshnessSLO | None
+    dead_letters: str  # "kafka://.../topic" or the file path
+    cfg: LiveConfig
 
 
 @dataclass
 class LiveResult:
-    stats: Any
+    stats: FlowStats
     seconds: float
     stop_reason: str | None
     kafka_errors: dict[str, int]
@@ -104,111 +87,109 @@ class LiveResult:
         return self.stats.summary() + extra
 
 
-def consumer_lag() -> dict[str, float]:
-    """The per-partition lag gauge of this process, as ``{"topic/partition": lag}``."""
-    from feast_bytewax.observability.metrics import KAFKA_LAG
-
-    out = {}
-    for metric in KAFKA_LAG.collect():
-        for s in metric.samples:
-            out[f"{s.labels['topic']}/{s.labels['partition']}"] = s.value
-    return out
-
-
-def ensure_recovery_dir(path: Path, partitions: int = 1) -> None:
-    """Create Bytewax recovery partitions in an empty or missing directory."""
-    from bytewax.recovery import init_db_dir
-
-    path.mkdir(parents=True, exist_ok=True)
-    if not any(path.iterdir()):
-        init_db_dir(path, partitions)
-        log.info("initialised %d recovery partition(s) in %s", partitions, path)
+def with_declared_stream(cfg: LiveConfig, spec: FlowSpec) -> LiveConfig:
+    """Fill what neither a flag nor the environment set from the repo's KafkaSource."""
+    stream = spec.stream
+    updates: dict[str, Any] = {}
+    if cfg.source is None:
+        if stream is None or not stream.brokers or not stream.topic:
+            raise ConfigError("no --source given and feast_repo/ declares no KafkaSource with "
+                              "brokers and a topic: pass --source kafka://HOST:PORT/TOPIC")
+        updates["source"] = f"kafka://{','.join(stream.brokers)}/{stream.topic}"
+    if ("watermark_delay" not in cfg.model_fields_set and stream is not None
+            and stream.watermark_delay_s is not None):
+        updates["watermark_delay"] = stream.watermark_delay_s
+    return cfg.model_copy(update=updates) if updates else cfg
 
 
-class _Signals:
-    """SIGINT/SIGTERM: the first one stops cleanly (end of input), or aborts when
-    `abort_first` (recovery on: resume from the last snapshot); a second one aborts."""
-
-    def __init__(self, stop: Any, abort_first: bool = False) -> None:
-        self.stop = stop
-        self.abort_first = abort_first
-        self.previous: dict[int, Any] = {}
-        self.count = 0
-        self.aborted: str | None = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        name = signal.Signals(signum).name
-        if self.count == 1 and not self.abort_first:
-            log.warning("%s: stopping after flushing everything (again to abort)", name)
-            self.stop.request_stop(f"signal {name}")
-            return
-        self.aborted = f"signal {name}: aborted" + (
-            "; a restart resumes from the last recovery snapshot" if self.abort_first else "")
-        log.warning(self.aborted)
-        raise KeyboardInterrupt
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self.previous.items():
-            signal.signal(s, h)
+def check_topic(brokers: Sequence[str], topic: str, options: Mapping[str, str],
+                timeout_s: float = 30.0) -> None:
+    """Fail fast when a topic we will produce to is missing (auto-create may create it)."""
+    client = AdminClient({"bootstrap.servers": ",".join(brokers), **options})
+    try:
+        md = client.list_topics(topic, timeout=timeout_s)
+    except Exception as e:
+        raise KafkaSourceError(
+            f"cannot reach {','.join(brokers)} for topic {topic!r}: {e}") from e
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None:
+        why = "missing" if tmd is None else tmd.error.str()
+        raise KafkaSourceError(f"dead-letter topic {topic!r}: {why} (create it first)")
 
 
-def run_live(opts: LiveOptions, on_progress: Callable[[Any, LiveParts], None] | None = None,
-             handle_signals: bool = False, spec: Any = None) -> LiveResult:
+def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = None,
+                    environ: Mapping[str, str] | None = None):
+    """The live dataflow; returns ``(flow, LiveParts)``."""
+    repo = check_repo(cfg.repo)
+    if spec is None:
+        spec = load_flow_spec(open_store(repo))
+    cfg = with_declared_stream(cfg, spec)
+    brokers, topic = parse_kafka_url(cfg.source)
+    options = kafka_options(cfg.kafka_option, environ)
+    stop = StopControl(cfg.max_events, cfg.idle_exit)
+    source = KafkaEventSource(brokers, topic, start_from=cfg.start_from,
+                              batch_size=cfg.batch_size, options=options, stop=stop,
+                              tail=not cfg.stop_at_end)
+    recorder = FreshnessRecorder(
+        horizon_s=cfg.watermark_delay + cfg.flush_interval + cfg.epoch_interval + 300.0)
+    slo = FreshnessSLO(cfg.freshness_slo) if cfg.freshness_slo else None
+
+    def sink_for(entity):
+        return FeastSink(repo, entity, max_rows=cfg.flush_rows, max_interval=cfg.flush_interval,
+                         online=cfg.online, offline=cfg.offline, stats=stats,
+                         on_flush=recorder.rows_readable)
+
+    if cfg.dead_letter_topic:
+        for t in {cfg.dead_letter_topic, cfg.late_topic or cfg.dead_letter_topic}:
+            check_topic(brokers, t, options)
+        dead = KafkaDeadLetterSink(brokers, cfg.dead_letter_topic, cfg.late_topic, options)
+        where = f"kafka://{','.join(brokers)}/{cfg.dead_letter_topic}"
+        if cfg.late_topic:
+            where += f" (late: {cfg.late_topic})"
+    else:
+        path = cfg.dead_letter_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dead = DeadLetterSink(path)
+        where = str(path)
+    flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, clock=utc_now_us,
+                      observe=recorder.observe_batch)
+    return flow, LiveParts(source, stop, recorder, slo, where, cfg)
+
+
+def run_live(cfg: LiveConfig, on_progress: Callable[[FlowStats, LiveParts], None] | None = None,
+             handle_signals: bool = False, spec: FlowSpec | None = None) -> LiveResult:
     """Build and run the live flow in this process until a stop condition; return counters."""
-    import contextlib
-
-    from bytewax.errors import BytewaxRuntimeError
-    from bytewax.recovery import RecoveryConfig
-    from bytewax.run import cli_main
-
-    from feast_bytewax.observability.metrics import FlowStats, FreshnessSLO, serve_metrics
-    from feast_bytewax.dataflow.replay import gc_frozen  # full GC passes over long-lived state: ~2x
-
     stats = FlowStats()
-    slo = FreshnessSLO(opts.freshness_slo_s) if opts.freshness_slo_s else None
-    flow, parts = build_live_flow(opts, stats, slo, spec)
-    if opts.metrics_port:
-        serve_metrics(opts.metrics_port)
-        log.info("metrics on http://0.0.0.0:%d/metrics", opts.metrics_port)
+    flow, parts = build_live_flow(cfg, stats, spec)
+    cfg = parts.cfg
+    if cfg.metrics_port:
+        serve_metrics(cfg.metrics_port)
+        log.info("metrics on http://0.0.0.0:%d/metrics", cfg.metrics_port)
     recovery = None
-    if opts.recovery_dir is not None:
-        ensure_recovery_dir(opts.recovery_dir)
-        recovery = RecoveryConfig(str(opts.recovery_dir))
-    log.info("live run: %s -> Feast repo %s; dead letters -> %s", opts.source,
-             opts.cfg.repo_path, parts.dead_letters)
-    done = threading.Event()
+    if cfg.recovery_dir is not None:
+        ensure_recovery_dir(cfg.recovery_dir)
+        recovery = RecoveryConfig(str(cfg.recovery_dir))
+    log.info("live run: %s -> Feast repo %s; dead letters -> %s", cfg.source, cfg.repo,
+             parts.dead_letters)
+    slo = parts.slo
 
     def tick() -> None:
-        while not done.wait(0.25):
-            if slo is not None:
-                slo.check()
-            if on_progress is not None:
-                on_progress(stats, parts)
+        if slo is not None:
+            slo.check()
+        if on_progress is not None:
+            on_progress(stats, parts)
 
-    ticker = threading.Thread(target=tick, name="feast-bytewax-live-ticker", daemon=True)
-    ticker.start()
     t0 = time.perf_counter()
-    signals = _Signals(parts.stop, abort_first=recovery is not None) if handle_signals \
-        else None
+    signals = Signals(parts.stop, abort_first=recovery is not None) if handle_signals else None
     try:
-        with signals or contextlib.nullcontext(), gc_frozen():
-            cli_main(flow, workers_per_process=opts.workers,
-                     epoch_interval=timedelta(seconds=opts.epoch_interval_s),
+        with signals or contextlib.nullcontext(), ticker(0.25, tick), gc_frozen():
+            cli_main(flow, workers_per_process=cfg.workers,
+                     epoch_interval=timedelta(seconds=cfg.epoch_interval),
                      recovery_config=recovery)
     except (KeyboardInterrupt, BytewaxRuntimeError):
         if signals is None or signals.aborted is None:
             raise
         parts.stop.request_stop(signals.aborted)
-    finally:
-        done.set()
-        ticker.join()
     if slo is not None:
         slo.check()
     return LiveResult(
@@ -217,47 +198,3 @@ def run_live(opts: LiveOptions, on_progress: Callable[[Any, LiveParts], None] | 
         freshness_p99_s=slo.last_p99 if slo else None, dead_letters=parts.dead_letters,
     )
 
-
-def _progress_line(stats: Any, parts: LiveParts, started: float):
-    from rich.text import Text
-
-    d = stats.as_dict()
-    rate = d["consumed"] / max(time.perf_counter() - started, 1e-9)
-    lag = consumer_lag()
-    text = (f"consumed {d['consumed']:,}  processed {d['processed']:,}  late {d['late']:,}  "
-            f"rejected {d['rejected']:,}  rows {d['rows']:,}  online {d['rows_online']:,}  "
-            f"({rate:,.0f} events/s)  lag {sum(lag.values()):,.0f}")
-    slo = parts.slo
-    if slo is not None and slo.last_p99 is not None:
-        state = "BREACH" if slo.breached else "ok"
-        text += f"  fresh p99 {slo.last_p99:.2f}s [{state}]"
-    return Text(text, style="bold red" if slo is not None and slo.breached else "")
-
-
-def main(args: argparse.Namespace) -> int:
-    """`feast-bytewax run` (cli.py routes here)."""
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    opts = options_from_args(args)
-    console = Console(stderr=True)
-    show = not args.quiet and console.is_terminal
-    started = time.perf_counter()
-    if show:
-        with Live(Text("starting..."), console=console, refresh_per_second=4,
-                  transient=True) as live:
-            result = run_live(
-                opts, lambda s, p: live.update(_progress_line(s, p, started)),
-                handle_signals=True)
-    else:
-        result = run_live(opts, handle_signals=True)
-    print(result.summary())
-    if result.stats.rejected or result.stats.late:
-        print(f"dead letters: {result.dead_letters}")
-    if result.stop_reason and "aborted" in result.stop_reason:
-        return 0  # a requested abort: counts in flight are not settled, nothing to check
-    return 0 if result.stats.balanced() else 1

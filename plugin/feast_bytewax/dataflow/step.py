@@ -10,9 +10,9 @@ from typing import Any
 from bytewax.operators import StatefulBatchLogic
 
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
-from feast_bytewax.records import EndOfInput, Event, FeatureRow, Late
-from feast_bytewax.observability.metrics import FlowStats
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.records import EndOfInput, Event, FeatureRow, Late
 from feast_bytewax.timeutil import from_us
 
 HELD_ROW_WAIT_US = 100_000
@@ -27,21 +27,24 @@ class FeatureStepConfig:
     stats: FlowStats | None = None
 
     def build(self, resume_state: bytes | None) -> ShardLogic:
-        return ShardLogic(ShardEngine(self.spec, self.engine, resume_state), self.stats)
+        return ShardLogic(ShardEngine(self.spec, self.engine, resume_state), self.stats,
+                          self.spec.join_key)
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
     """Feeds a shard's batch to its engine and reports counter deltas."""
 
-    def __init__(self, engine: ShardEngine, stats: FlowStats | None) -> None:
+    def __init__(self, engine: ShardEngine, stats: FlowStats | None, entity: str) -> None:
         self.engine = engine
         self.stats = stats
+        self.entity = entity
         self._seen = dict(engine.counts)
 
     def _report(self, out: list[FeatureRow | Late]) -> tuple[list, bool]:
         if self.stats is not None:
             now = self.engine.counts
-            self.stats.add(**{k: now[k] - self._seen.get(k, 0) for k in now})
+            self.stats.add_entity(self.entity,
+                                  **{k: now[k] - self._seen.get(k, 0) for k in now})
             self._seen = dict(now)
         return out, StatefulBatchLogic.RETAIN
 

@@ -31,9 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feast_bytewax.records import FeatureRow
-from feast_bytewax.observability.metrics import PUSH_SECONDS, FlowStats
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.observability.metrics import PUSH_SECONDS
+from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.records import FeatureRow
+from feast_bytewax.stores._compat import provider_of
 
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_INTERVAL_S = 1.0
@@ -130,6 +132,9 @@ class FeastWriter:
             (default 1 s); 0 flushes on every write.
         online / offline: write to that store (both by default).
         clock: monotonic seconds, injectable for tests.
+        stats: the run's counters (rows written offline / online).
+        on_flush: called after every successful flush with the rows it made readable, in
+            flush order (the live run measures freshness with it).
 
     The feature views (`spec.views`, else every stream view on `spec.push_source`) are resolved
     once, here. Not thread-safe: one writer per partition/thread.
@@ -146,16 +151,18 @@ class FeastWriter:
         offline: bool = True,
         clock: Callable[[], float] = time.monotonic,
         stats: FlowStats | None = None,
+        on_flush: Callable[[list[FeatureRow]], None] | None = None,
     ) -> None:
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
         self.run_stats = stats
+        self.on_flush = on_flush
         self.store = store
         self.spec = spec
         self.max_rows = max_rows
         self.max_interval = nonnegative_seconds(max_interval, "max_interval")
         self._clock = clock
-        self._provider = store._get_provider()
+        self._provider = provider_of(store)
         # An online store with a columnar `write_frame` skips Feast's per-value protobuf
         # conversion, whatever provider is configured (e.g. the feature-logging one).
         self._write_frame = getattr(getattr(self._provider, "online_store", None),
@@ -312,6 +319,8 @@ class FeastWriter:
         if self.run_stats is not None:
             self.run_stats.add(rows_offline=len(rows) if self._offline_targets else 0,
                                rows_online=latest_keys)
+        if self.on_flush is not None:
+            self.on_flush(rows)
         return len(rows)
 
     def close(self) -> None:

@@ -1,15 +1,21 @@
 """An `EngineSpec` compiled into feature groups: which features share panes or sessions,
-their aggregators and input getters, and which groups an event feeds (the filter routing is
-cached per value of the filter columns, so it is one dict lookup per event)."""
+their aggregators and input getters, the entity key getter, and which groups an event feeds
+(the filter routing is cached per value of the filter columns, so it is one dict lookup per
+event). Every column is read through `records.column_getter`, so a spec field and a declared
+extra column cost the same and no name is hard-wired."""
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any
 
-from feast_bytewax.features.aggregators import make_aggregator
-from feast_bytewax.engine.panes import Member, SessionGroup, SlidingGroup
+from feast_bytewax.engine.sessions import SessionGroup
+from feast_bytewax.engine.sliding import SlidingGroup
+from feast_bytewax.engine.state import Member
+from feast_bytewax.features.registry import make_aggregator
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.records import column_getter
+
+ROUTE_CACHE_MAX = 4096
 
 
 class CompiledSpec:
@@ -17,6 +23,7 @@ class CompiledSpec:
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
+        self.key_of = column_getter(spec.join_key)
         by_key: dict[tuple, list[int]] = {}
         for slot, f in enumerate(spec.features):
             by_key.setdefault(f.group_key, []).append(slot)
@@ -26,9 +33,10 @@ class CompiledSpec:
                 Member(
                     slot=s,
                     agg=make_aggregator(spec.features[s].function, dict(spec.features[s].options)),
-                    get=attrgetter(spec.features[s].column),
+                    get=column_getter(spec.features[s].column),
                     n_panes=(spec.features[s].window_us // spec.features[s].slide_us
                              if key[0] == "sliding" else 0),
+                    identity=spec.features[s].identity,
                 )
                 for s in slots
             )
@@ -37,27 +45,24 @@ class CompiledSpec:
             else:
                 mono = tuple(m.agg.monotonic and not m.agg.exact_revert for m in members)
                 self.groups.append(SlidingGroup(gid, key[2], members, mono))
-        self.sliding = [isinstance(g, SlidingGroup) for g in self.groups]
         self.group_where = [spec.features[g.members[0].slot].where for g in self.groups]
         self.filter_columns = tuple(sorted({c for w in self.group_where for c, _ in w}))
+        self._filter_getters = tuple(column_getter(c) for c in self.filter_columns)
         self._route_cache: dict[tuple, tuple[int, ...]] = {}
-        self.empty_vector = tuple(
-            m.agg.empty_value for g in self.groups for m in g.members
-        )
-        order = [m.slot for g in self.groups for m in g.members]
-        vec = [None] * len(order)
-        for pos, slot in enumerate(order):
-            vec[slot] = self.empty_vector[pos]
+        vec: list[Any] = [None] * len(spec.features)
+        for g in self.groups:
+            for m in g.members:
+                vec[m.slot] = m.agg.empty_value
         self.empty_vector = tuple(vec)
 
     def groups_for(self, ev: Any) -> tuple[int, ...]:
         """Group ids whose filter the event passes (cached per filter-column values)."""
-        key = tuple(getattr(ev, c) for c in self.filter_columns)
+        key = tuple(get(ev) for get in self._filter_getters)
         hit = self._route_cache.get(key)
         if hit is None:
             values = dict(zip(self.filter_columns, key, strict=True))
             hit = tuple(gid for gid, where in enumerate(self.group_where)
                         if all(values[c] in allowed for c, allowed in where))
-            if len(self._route_cache) < 4096:
+            if len(self._route_cache) < ROUTE_CACHE_MAX:
                 self._route_cache[key] = hit
         return hit

@@ -21,15 +21,15 @@ Time model (shared/spec/features.md):
 from __future__ import annotations
 
 import heapq
-import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from feast_bytewax.records import Event, FeatureRow, Late
 from feast_bytewax.engine.groups import CompiledSpec
-from feast_bytewax.engine.panes import SlidingGroup
+from feast_bytewax.engine.recovery import RestoreReport, restore_state, snapshot_state
+from feast_bytewax.engine.state import KeyState
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.records import Event, FeatureRow, Late
 
 NEVER = float("inf")
 
@@ -50,18 +50,6 @@ class EngineConfig:
             raise ValueError(f"allowed_lateness must be >= 0 us, got {self.allowed_lateness}")
 
 
-class KeyState:
-    """Per-key state: one slot per group (None until used) and the last row's vector handed
-    downstream. The key's current vector is its open (held) row if it has one, else
-    `emitted`: no second copy is kept (per-key memory is the scaling limit)."""
-
-    __slots__ = ("emitted", "groups")
-
-    def __init__(self, n_groups: int, empty: tuple) -> None:
-        self.groups: list[Any] = [None] * n_groups
-        self.emitted: tuple = empty
-
-
 class ShardEngine:
     """Exact, incremental windowed features for the keys of one shard."""
 
@@ -79,6 +67,7 @@ class ShardEngine:
         self.end_hint: int | None = None
         self.seq = 0
         self.counts = {"processed": 0, "late": 0, "corrections": 0, "rows": 0}
+        self.restore_report: RestoreReport | None = None
         if snapshot is not None:
             self._restore(snapshot)
 
@@ -205,47 +194,42 @@ class ShardEngine:
         return list(row[1] if row is not None else st.emitted)
 
     def _apply(self, ev: Event, t: int, out: list) -> None:
-        st = self._key(ev.user_id)
-        vals = self._vector(ev.user_id, st)
-        sliding = self.cs.sliding
+        key = self.cs.key_of(ev)
+        st = self._key(key)
+        vals = self._vector(key, st)
+        groups, lateness = self.cs.groups, self.lateness
         for gid in self.cs.groups_for(ev):
-            g = self.cs.groups[gid]
+            g = groups[gid]
             gs = st.groups[gid]
             if gs is None:
                 gs = st.groups[gid] = g.new_state()
             opened = gs.add(g, ev, t)
             # Timers are lazy: a later expiry is picked up when the current timer fires, so
-            # only a new pane (or no timer at all) can need an earlier wake-up.
+            # only a new pane or session (or no timer at all) can need an earlier wake-up.
             if gs.timer_at is None or opened:
-                if sliding[gid]:
-                    self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
-                else:
-                    self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, t, self.lateness))
+                self._schedule(key, gid, gs, gs.next_wakeup(g, t, lateness))
             gs.fill(g, vals, t)
-        self._changed(ev.user_id, st, t, "event", out, vals)
+        self._changed(key, st, t, "event", out, vals)
 
     def _correct(self, ev: Event, w: int, out: list) -> None:
-        st = self._key(ev.user_id)
-        vals = self._vector(ev.user_id, st)
+        key = self.cs.key_of(ev)
+        st = self._key(key)
+        vals = self._vector(key, st)
         touched = False
+        lateness = self.lateness
         for gid in self.cs.groups_for(ev):
             g = self.cs.groups[gid]
             gs = st.groups[gid]
             if gs is None:
                 gs = st.groups[gid] = g.new_state()
-            if isinstance(g, SlidingGroup):
-                if not gs.correct(g, ev, ev.event_timestamp, w):
-                    continue
-                self._schedule(ev.user_id, gid, gs, gs.next_eviction(g))
-            else:
-                gs.correct(g, ev, ev.event_timestamp)
-                gs.prune(g, w, self.config.allowed_lateness)
-                self._schedule(ev.user_id, gid, gs, gs.next_wakeup(g, w, self.lateness))
+            if not gs.correct(g, ev, ev.event_timestamp, w, lateness):
+                continue
+            self._schedule(key, gid, gs, gs.next_wakeup(g, w, lateness))
             touched = True
             self._refresh(st, gid, w, vals)
-        if touched and self._changed(ev.user_id, st, w, "correction", out, vals):
+        if touched and self._changed(key, st, w, "correction", out, vals):
             self.counts["corrections"] += 1
-        self._maybe_drop(ev.user_id, st)
+        self._maybe_drop(key, st)
 
     def _fire(self, key: str, gid: int, t: int, out: list) -> None:
         st = self.keys.get(key)
@@ -256,12 +240,8 @@ class ShardEngine:
             return  # stale timer: superseded by a reschedule
         gs.timer_at = None
         g = self.cs.groups[gid]
-        if isinstance(g, SlidingGroup):
-            gs.evict_until(g, t)
-            self._schedule(key, gid, gs, gs.next_eviction(g))
-        else:
-            gs.prune(g, t, self.config.allowed_lateness)
-            self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
+        gs.expire(g, t, self.lateness)
+        self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
         if gs.is_empty():
             st.groups[gid] = None
         vals = self._vector(key, st)
@@ -334,21 +314,9 @@ class ShardEngine:
 
     # -- recovery --------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """An immutable copy of the state (pickled bytes), as Bytewax recovery requires."""
-        state = {
-            "keys": {k: (v.groups, v.emitted) for k, v in self.keys.items()},
-            "buffer": self.buffer, "timers": self.timers, "open_rows": self.open_rows,
-            "max_seen": self.max_seen, "max_seen_wall": self.max_seen_wall,
-            "frontier": self.frontier, "end_hint": self.end_hint, "seq": self.seq,
-            "counts": self.counts,
-        }
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        """An immutable copy of the state (pickled bytes), as Bytewax recovery requires. Group
+        states are recorded with the identity of the definitions that produced them."""
+        return snapshot_state(self)
 
     def _restore(self, blob: bytes) -> None:
-        state = pickle.loads(blob)
-        for k, (groups, emitted) in state.pop("keys").items():
-            ks = KeyState.__new__(KeyState)
-            ks.groups, ks.emitted = groups, emitted
-            self.keys[k] = ks
-        for name, value in state.items():
-            setattr(self, name, value)
+        restore_state(self, blob)

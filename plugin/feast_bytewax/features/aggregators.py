@@ -15,7 +15,7 @@ IR: callers always use the return value. They never mutate the second argument. 
 picklable (they are snapshotted for recovery).
 
 Missing values (None, NaN) are skipped by every function: they change no IR.
-The registry is keyed by the `function` strings used in Feast `Aggregation`s.
+The registry of function names is `feast_bytewax.features.registry`.
 """
 
 from __future__ import annotations
@@ -236,36 +236,3 @@ class CountDistinct(Aggregator):
 
     def copy(self, ir: dict) -> dict:
         return dict(ir)
-
-
-REGISTRY: dict[str, type[Aggregator]] = {
-    cls.name: cls for cls in (Count, Sum, Mean, Min, Max, CountDistinct)
-}
-ALIASES = {"avg": "mean", "nunique": "count_distinct"}
-
-
-def register(cls: type[Aggregator]) -> type[Aggregator]:
-    """Add an aggregator class under its `name` (used by sketches.py)."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_plugins() -> None:
-    from feast_bytewax.features import sketches  # noqa: F401  (registers approx_count_distinct)
-
-
-def validate_function(function: str, where: str = "") -> str:
-    """Return the canonical name, or raise with the list of valid ones."""
-    from feast_bytewax.features.spec import SpecError
-
-    _load_plugins()
-    canonical = ALIASES.get(function, function)
-    if canonical not in REGISTRY:
-        valid = sorted(set(REGISTRY) | set(ALIASES))
-        raise SpecError(f"{where}: unknown aggregation function {function!r}; valid: {valid}")
-    return canonical
-
-
-def make_aggregator(function: str, options: Mapping[str, str] | None = None) -> Aggregator:
-    """Instantiate the aggregator for a Feast `Aggregation.function` string."""
-    return REGISTRY[validate_function(function, "aggregation")](options)

@@ -17,7 +17,7 @@ from typing import Any
 
 from datasketches import hll_sketch, hll_union, tgt_hll_type
 
-from feast_bytewax.features.aggregators import Aggregator, register
+from feast_bytewax.features.aggregators import Aggregator
 
 OPTION_LG_K = "hll_lg_k"
 DEFAULT_LG_K = 12
@@ -75,7 +75,7 @@ def _lg_k(options: Mapping[str, str]) -> int:
     return lg_k
 
 
-@register
+
 class ApproxCountDistinct(Aggregator):
     """Approximate number of distinct non-missing values (HLL). IR: `HllState`."""
 

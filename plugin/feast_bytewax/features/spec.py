@@ -1,29 +1,54 @@
-"""Feast `StreamFeatureView`s + `Aggregation`s -> frozen engine specs.
+"""Feast definitions -> frozen engine specs, checked against the event schema.
 
-This is the only place that reads feature definitions: names, windows, slides, functions
-and filters all come from the Feast objects (or the registry, which round-trips them), so
-there is never a second, hand-written copy of a window or a name.
+This is the only place that reads feature definitions: names, windows, slides, functions,
+filters and entity keys all come from the Feast objects (or the registry, which round-trips
+them), so there is never a second, hand-written copy of a window or a name.
 
 Tags on a view carry what Feast has no words for (see feast_repo/features.py):
-`feast_bytewax.filter` and `feast_bytewax.window`; `feast_bytewax.hll_lg_k` tunes the
-approximate distinct count.
+`feast_bytewax.filter`, `feast_bytewax.window`, `feast_bytewax.hll_lg_k` (approximate distinct
+count precision) and `feast_bytewax.input` (which `KafkaSource` the view's events come from;
+default: the only one registered). The event stream's `KafkaSource` declares the event schema
+(its `JsonFormat`), the topic, the brokers, the watermark delay and, as its batch source, the
+event archive a replay or backfill reads (`StreamInput`).
+
+Every column a definition reads (aggregation column, filter column, entity join key) must be
+in that schema: a definition reading an undeclared column fails here, naming the view and the
+column, instead of inside a worker. One run serves every entity it finds (one `EngineSpec`
+per join key, together a `FlowSpec`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from feast_bytewax.errors import SpecError
+from feast_bytewax.features.registry import make_aggregator, validate_function
+from feast_bytewax.features.schema import NUMERIC_KINDS, EventSchema, parse_schema_ddl
 from feast_bytewax.timeutil import td_us
 
 TAG_FILTER = "feast_bytewax.filter"
 TAG_WINDOW = "feast_bytewax.window"
+TAG_INPUT = "feast_bytewax.input"
 TAG_PREFIX = "feast_bytewax."
 WINDOW_KINDS = ("sliding", "session")
+NUMERIC_FUNCTIONS = frozenset({"sum", "mean", "min", "max"})
+_STRUCTURAL_TAGS = (TAG_FILTER, TAG_WINDOW, TAG_INPUT)
 
-
-class SpecError(ValueError):
-    """A feature definition the engine cannot execute; the message names the view and field."""
+__all__ = [
+    "EngineSpec",
+    "FeatureSpec",
+    "FlowSpec",
+    "SpecError",
+    "StreamInput",
+    "compile_flow",
+    "compile_view",
+    "compile_views",
+    "load_flow_spec",
+    "load_spec",
+    "parse_filter",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +78,13 @@ class FeatureSpec:
             return ("session", self.where, self.window_us)
         return ("sliding", self.where, self.slide_us)
 
+    @property
+    def identity(self) -> tuple:
+        """What produced a value: state saved for one identity is never read by another."""
+        return (self.view, self.name, self.function, self.column, self.kind, self.window_us,
+                self.slide_us, tuple((c, tuple(sorted(v))) for c, v in self.where),
+                self.options)
+
 
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
@@ -66,6 +98,40 @@ class EngineSpec:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short digest of every feature's identity (recorded in recovery snapshots)."""
+        text = repr((self.join_key, tuple(f.identity for f in self.features)))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInput:
+    """The event stream declared in `feast_repo/` as a Feast `KafkaSource`."""
+
+    name: str
+    brokers: tuple[str, ...]
+    topic: str
+    watermark_delay_s: float | None
+    archive: str | None  # path/URI of the batch source: the event archive replays read
+    timestamp_field: str = "event_timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """One run: every entity's `EngineSpec`, the event schema, the declared input stream."""
+
+    entities: tuple[EngineSpec, ...]
+    schema: EventSchema = field(default_factory=EventSchema)
+    stream: StreamInput | None = None
+
+    def entity(self, join_key: str) -> EngineSpec:
+        for e in self.entities:
+            if e.join_key == join_key:
+                return e
+        raise SpecError(f"no entity with join key {join_key!r}; have "
+                        f"{[e.join_key for e in self.entities]}")
 
 
 def parse_filter(text: str, view: str) -> tuple[tuple[str, frozenset[str]], ...]:
@@ -91,10 +157,20 @@ def _dtype_name(dtype: object) -> str:
     return name
 
 
-def compile_view(view) -> list[FeatureSpec]:
-    """Compile one `StreamFeatureView` (object or registry copy) into feature specs."""
-    from feast_bytewax.features.aggregators import make_aggregator, validate_function
+def _check_column(schema: EventSchema, column: str, what: str, where_txt: str) -> str:
+    kind = schema.kind(column)
+    if kind is None:
+        raise SpecError(
+            f"{where_txt}: {what} {column!r} is not an event column; {schema.where()} has "
+            f"{list(schema.columns)} (declare it in the KafkaSource's JsonFormat schema_json)"
+        )
+    return kind
 
+
+def compile_view(view, schema: EventSchema | None = None) -> list[FeatureSpec]:
+    """Compile one `StreamFeatureView` (object or registry copy) into feature specs, checking
+    every column it reads against `schema` (default: the spec's event fields)."""
+    schema = schema or EventSchema()
     tags: Mapping[str, str] = view.tags or {}
     kind = tags.get(TAG_WINDOW, "sliding").strip().lower()
     if kind not in WINDOW_KINDS:
@@ -102,8 +178,10 @@ def compile_view(view) -> list[FeatureSpec]:
             f"view {view.name!r}: {TAG_WINDOW}={kind!r}, expected one of {WINDOW_KINDS}"
         )
     where = parse_filter(tags.get(TAG_FILTER, ""), view.name)
+    for column, _ in where:
+        _check_column(schema, column, f"{TAG_FILTER} column", f"view {view.name!r}")
     options = tuple(sorted((k[len(TAG_PREFIX):], v) for k, v in tags.items()
-                           if k.startswith(TAG_PREFIX) and k not in (TAG_FILTER, TAG_WINDOW)))
+                           if k.startswith(TAG_PREFIX) and k not in _STRUCTURAL_TAGS))
     fields = {f.name: f for f in view.features}
     specs = []
     for agg in view.aggregations:
@@ -118,6 +196,10 @@ def compile_view(view) -> list[FeatureSpec]:
             raise SpecError(f"{where_txt}: no field {name!r} in the view schema {sorted(fields)}")
         if not agg.column:
             raise SpecError(f"{where_txt}: Aggregation.column is empty")
+        column_kind = _check_column(schema, agg.column, "Aggregation.column", where_txt)
+        if function in NUMERIC_FUNCTIONS and column_kind not in NUMERIC_KINDS:
+            raise SpecError(f"{where_txt}: {function} needs a numeric column, {agg.column!r} "
+                            f"is {column_kind}")
         if agg.time_window is None or td_us(agg.time_window) <= 0:
             raise SpecError(f"{where_txt}: time_window must be a positive timedelta")
         window = td_us(agg.time_window)
@@ -152,39 +234,126 @@ def _join_keys(view, entities: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(entities[name] for name in view.entities)
 
 
-def compile_views(views: Iterable, join_key: str | None = None,
-                  entities: Iterable = ()) -> EngineSpec:
+def _entity_spec(chosen: list, key: tuple[str, ...], schema: EventSchema) -> EngineSpec:
+    names_txt = [v.name for v in chosen]
+    if len(key) != 1:
+        raise SpecError(f"views {names_txt} join on the composite key {list(key)}; one join "
+                        "key per entity is supported (combine the columns into one)")
+    for v in chosen:
+        _check_column(schema, key[0], "join key", f"view {v.name!r}")
+    sources = {v.stream_source.name if v.stream_source else None for v in chosen}
+    if len(sources) != 1 or None in sources:
+        raise SpecError(
+            f"views of one entity must share one push source, got {sorted(map(str, sources))}"
+        )
+    chosen = sorted(chosen, key=lambda v: v.name)
+    features = tuple(f for v in chosen for f in compile_view(v, schema))
+    return EngineSpec(join_key=key[0], push_source=next(iter(sources)), features=features,
+                      views=tuple(v.name for v in chosen))
+
+
+def _aggregating(views: Iterable) -> list:
+    return [v for v in views if getattr(v, "aggregations", None)]
+
+
+def _check_unique(entities: Iterable[EngineSpec]) -> None:
+    names = [f.name for e in entities for f in e.features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"feature names must be unique across views, repeated: {dupes}")
+
+
+def compile_views(views: Iterable, join_key: str | None = None, entities: Iterable = (),
+                  schema: EventSchema | None = None) -> EngineSpec:
     """Compile every aggregating stream view of one entity fed by one push source.
 
     `entities` (Feast `Entity` objects) resolve join keys of views not yet applied.
     """
+    schema = schema or EventSchema()
     emap = {e.name: e.join_key for e in entities}
-    chosen = [v for v in views if getattr(v, "aggregations", None)]
+    chosen = _aggregating(views)
     if join_key is not None:
         chosen = [v for v in chosen if list(_join_keys(v, emap)) == [join_key]]
     if not chosen:
         raise SpecError("no StreamFeatureView with aggregations found"
                         + (f" for join key {join_key!r}" if join_key else ""))
     keys = {_join_keys(v, emap) for v in chosen}
-    if len(keys) != 1 or len(next(iter(keys))) != 1:
-        raise SpecError(f"views span several or composite join keys {sorted(keys)}; pass join_key")
-    sources = {v.stream_source.name if v.stream_source else None for v in chosen}
-    if len(sources) != 1 or None in sources:
-        raise SpecError(
-            f"views of one entity must share one push source, got {sorted(map(str, sources))}"
-        )
-    chosen.sort(key=lambda v: v.name)
-    features = tuple(f for v in chosen for f in compile_view(v))
-    names = [f.name for f in features]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SpecError(f"feature names must be unique across views, repeated: {dupes}")
-    return EngineSpec(
-        join_key=next(iter(keys))[0], push_source=next(iter(sources)), features=features,
-        views=tuple(v.name for v in chosen),
-    )
+    if len(keys) != 1:
+        raise SpecError(f"views span several join keys {sorted(keys)}; pass join_key")
+    spec = _entity_spec(chosen, next(iter(keys)), schema)
+    _check_unique([spec])
+    return spec
+
+
+def stream_input(source) -> StreamInput:
+    """A Feast `KafkaSource` (object or registry copy) -> `StreamInput`."""
+    opts = source.kafka_options
+    delay = opts.watermark_delay_threshold
+    batch = getattr(source, "batch_source", None)
+    archive = getattr(batch, "path", None) if batch is not None else None
+    brokers = tuple(b.strip() for b in (opts.kafka_bootstrap_servers or "").split(",")
+                    if b.strip())
+    return StreamInput(name=source.name, brokers=brokers, topic=opts.topic or "",
+                       watermark_delay_s=delay.total_seconds() if delay else None,
+                       archive=archive or None,
+                       timestamp_field=source.timestamp_field or "event_timestamp")
+
+
+def _event_stream(views: list, sources: Iterable) -> object | None:
+    """The KafkaSource the views read (tag `feast_bytewax.input`, else the only one)."""
+    kafka = {s.name: s for s in sources if hasattr(s, "kafka_options")}
+    wanted = {(v.tags or {}).get(TAG_INPUT) for v in views} - {None}
+    if len(wanted) > 1:
+        raise SpecError(f"views read several inputs {sorted(wanted)} ({TAG_INPUT}); one run "
+                        "reads one event stream")
+    if wanted:
+        name = next(iter(wanted))
+        if name not in kafka:
+            raise SpecError(f"{TAG_INPUT}={name!r}: no such KafkaSource; registered: "
+                            f"{sorted(kafka)}")
+        return kafka[name]
+    if len(kafka) > 1:
+        raise SpecError(f"several KafkaSources {sorted(kafka)}: tag the views with "
+                        f"{TAG_INPUT}=<name> to say which one carries their events")
+    return next(iter(kafka.values()), None)
+
+
+def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = ()) -> FlowSpec:
+    """Compile every aggregating stream view, one `EngineSpec` per join key, against the
+    event schema of the declared `KafkaSource` (`sources`: Feast data sources)."""
+    chosen = _aggregating(views)
+    if not chosen:
+        raise SpecError("no StreamFeatureView with aggregations found")
+    stream = _event_stream(chosen, sources)
+    schema = EventSchema()
+    if stream is not None:
+        fmt = stream.kafka_options.message_format
+        ddl = getattr(fmt, "schema_json", None)
+        if ddl is None:
+            raise SpecError(f"KafkaSource {stream.name!r}: message_format must be a "
+                            f"JsonFormat (events are JSON), got {type(fmt).__name__}")
+        schema = parse_schema_ddl(ddl, stream.name)
+    emap = {e.name: e.join_key for e in entities}
+    by_key: dict[tuple[str, ...], list] = {}
+    for v in chosen:
+        by_key.setdefault(_join_keys(v, emap), []).append(v)
+    specs = tuple(_entity_spec(vs, key, schema) for key, vs in sorted(by_key.items()))
+    _check_unique(specs)
+    return FlowSpec(specs, schema, stream_input(stream) if stream is not None else None)
 
 
 def load_spec(store, join_key: str | None = None) -> EngineSpec:
-    """Compile the views registered in a `FeatureStore`'s registry (what `feast apply` wrote)."""
-    return compile_views(store.list_stream_feature_views(), join_key, store.list_entities())
+    """One entity's spec from a `FeatureStore`'s registry (what `feast apply` wrote)."""
+    flow = load_flow_spec(store)
+    if join_key is None:
+        if len(flow.entities) != 1:
+            raise SpecError(f"views span several join keys "
+                            f"{[e.join_key for e in flow.entities]}; pass join_key")
+        return flow.entities[0]
+    return flow.entity(join_key)
+
+
+def load_flow_spec(store) -> FlowSpec:
+    """Every entity's spec from a `FeatureStore`'s registry (what `feast apply` wrote)."""
+    return compile_flow(store.list_stream_feature_views(), store.list_entities(),
+                        store.list_data_sources())

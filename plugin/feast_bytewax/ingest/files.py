@@ -48,9 +48,14 @@ from typing import Any, BinaryIO
 import pyarrow.fs as pafs
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from feast_bytewax.ingest.filesystems import filesystem_for_uri, is_uri, s3_endpoint_from_env, uri_label
-from feast_bytewax.timeutil import to_us
+from feast_bytewax.ingest.filesystems import (
+    filesystem_for_uri,
+    is_uri,
+    s3_endpoint_from_env,
+    uri_label,
+)
 from feast_bytewax.ingest.validate import FIELDS, EpochUs
+from feast_bytewax.timeutil import to_us
 
 __all__ = ["EventFile", "EventFileSource", "list_event_files", "resolve_event_files"]
 

@@ -40,7 +40,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from feast_bytewax.records import EVENT_TYPES, Event, Rejected
+from feast_bytewax.features.schema import EventSchema
+from feast_bytewax.records import EVENT_FIELDS, EVENT_TYPES, Event, Rejected
 
 __all__ = [
     "FIELDS",
@@ -49,11 +50,10 @@ __all__ = [
     "from_record",
     "parse_json",
     "parse_timestamp_us",
-    "reason_code",
     "validate_item",
 ]
 
-FIELDS = ("event_id", "user_id", "event_type", "amount", "category", "event_timestamp")
+FIELDS = EVENT_FIELDS
 
 REASON_CODES = frozenset(
     {
@@ -94,11 +94,6 @@ class EpochUs(int):
     __slots__ = ()
 
 
-def reason_code(reason: str) -> str:
-    """The stable code of a rejection reason (the text before the first colon)."""
-    return reason.split(":", 1)[0]
-
-
 def _as_text(payload: Any) -> str:
     if isinstance(payload, str):
         return payload
@@ -113,6 +108,16 @@ def _as_text(payload: Any) -> str:
         return json.dumps(payload, default=str, allow_nan=True)
     except (TypeError, ValueError):
         return repr(payload)
+
+
+def _reject(payload: Any, reason: str, origin: str) -> Rejected:
+    """A rejection that keeps the payload: as text, and byte for byte when it was bytes."""
+    if payload is None:
+        return Rejected("", reason, origin, no_value=True)
+    if isinstance(payload, bytes | bytearray | memoryview):
+        raw = bytes(payload)
+        return Rejected(raw.decode("utf-8", errors="replace"), reason, origin, raw=raw)
+    return Rejected(_as_text(payload), reason, origin)
 
 
 def _type_name(v: Any) -> str:
@@ -226,7 +231,65 @@ def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
     return "bad_type: unclassified"  # pragma: no cover - fast path accepted it
 
 
-def _validate(rec: dict, payload: Any, origin: str, now_us: int, max_future_us: int):
+def _extra_value(name: str, kind: str, v: Any) -> tuple[Any, str | None]:
+    """(value, None) or (None, reason) for one declared extra column; null is allowed."""
+    if v is None:
+        return None, None
+    if kind == "string":
+        if type(v) is str and (v.isascii() or _utf8_ok(v)):
+            return v, None
+        if isinstance(v, str):
+            return None, f"bad_json: {name} is not valid Unicode (lone surrogate)"
+    elif kind == "int":
+        if not isinstance(v, bool | float) and hasattr(v, "__index__"):
+            i = int(v)
+            if _INT64_MIN <= i <= _INT64_MAX:
+                return i, None
+            return None, f"bad_type: {name} int out of int64 range"
+    elif kind == "double":
+        if not isinstance(v, bool) and isinstance(v, int | float):
+            try:
+                f = float(v)
+            except OverflowError:
+                return None, f"non_finite_amount: {name} overflows a float"
+            if _isfinite(f):
+                return f, None
+            return None, f"non_finite_amount: {name} is {f}"
+    elif kind == "bool":
+        if isinstance(v, bool):
+            return v, None
+    elif kind == "timestamp":
+        us = parse_timestamp_us(v)
+        return (us, None) if type(us) is int else (None, us.replace("event_timestamp", name))
+    return None, f"bad_type: {name} must be {_KIND_TEXT.get(kind, kind)}, got {_type_name(v)}"
+
+
+_KIND_TEXT = {"string": "a string", "int": "an integer", "double": "a number",
+              "bool": "a boolean", "timestamp": "an ISO-8601 timestamp"}
+
+
+def _with_extra(ev: Event, rec: dict, extra: tuple[tuple[str, str], ...], payload: Any,
+                origin: str) -> Event | Rejected:
+    values: dict[str, Any] = {}
+    get = rec.get
+    for name, kind in extra:
+        value, reason = _extra_value(name, kind, get(name))
+        if reason is not None:
+            return _reject(payload, reason, origin)
+        values[name] = value
+    return Event(ev.event_id, ev.user_id, ev.event_type, ev.amount, ev.category,
+                 ev.event_timestamp, origin, values)
+
+
+def _validate(rec: dict, payload: Any, origin: str, now_us: int, max_future_us: int,
+              extra: tuple[tuple[str, str], ...] = ()):
+    ev = _validate_core(rec, payload, origin, now_us, max_future_us)
+    if extra and type(ev) is Event:
+        return _with_extra(ev, rec, extra, payload, origin)
+    return ev
+
+
+def _validate_core(rec: dict, payload: Any, origin: str, now_us: int, max_future_us: int):
     # Fast path: exact types, no exceptions raised for valid input.
     try:
         eid = rec["event_id"]
@@ -236,7 +299,7 @@ def _validate(rec: dict, payload: Any, origin: str, now_us: int, max_future_us: 
         cat = rec.get("category")
         ts = rec["event_timestamp"]
     except KeyError:
-        return Rejected(_as_text(payload), _slow_reject(rec, now_us, max_future_us), origin)
+        return _reject(payload, _slow_reject(rec, now_us, max_future_us), origin)
     te = type(eid)
     ta = type(amt)
     if (
@@ -275,11 +338,12 @@ def _validate(rec: dict, payload: Any, origin: str, now_us: int, max_future_us: 
             eid = int(eid)
         cat = cat if isinstance(cat, str) else ""
         return Event(eid, str(uid), str(et), float(amt), str(cat), us, origin)
-    return Rejected(_as_text(payload), reason, origin)
+    return _reject(payload, reason, origin)
 
 
 def parse_json(
-    payload: bytes | str, origin: str, now_us: int, max_future_us: int
+    payload: bytes | str, origin: str, now_us: int, max_future_us: int,
+    schema: EventSchema | None = None,
 ) -> Event | Rejected:
     """Parse and validate one JSON message.
 
@@ -287,23 +351,29 @@ def parse_json(
     :arg origin: where it came from (``topic/partition/offset`` or ``file:line``).
     :arg now_us: the current time, epoch microseconds UTC.
     :arg max_future_us: how far past `now_us` an event time may be.
-    :returns: an `Event`, or a `Rejected` with the original payload as text.
+    :arg schema: the declared extra columns to validate and keep (default: none).
+    :returns: an `Event`, or a `Rejected` with the original payload (text, and bytes).
     """
     try:
         rec = _loads(payload)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
         msg = str(e) if len(str(e)) < 120 else str(e)[:117] + "..."
-        return Rejected(_as_text(payload), f"bad_json: {msg}", origin)
+        return _reject(payload, f"bad_json: {msg}", origin)
     except TypeError as e:  # not bytes/str at all
-        return Rejected(_as_text(payload), f"bad_json: {e}", origin)
+        return _reject(payload, f"bad_json: {e}", origin)
     if type(rec) is not dict:
-        return Rejected(
-            _as_text(payload), f"not_object: expected a JSON object, got {_type_name(rec)}", origin
+        return _reject(
+            payload, f"not_object: expected a JSON object, got {_type_name(rec)}", origin
         )
-    return _validate(rec, payload, origin, now_us, max_future_us)
+    return _validate(rec, payload, origin, now_us, max_future_us, _extra(schema))
 
 
-def from_record(rec: dict, origin: str, now_us: int, max_future_us: int) -> Event | Rejected:
+def _extra(schema: EventSchema | None) -> tuple[tuple[str, str], ...]:
+    return schema.extra if schema is not None else ()
+
+
+def from_record(rec: dict, origin: str, now_us: int, max_future_us: int,
+                schema: EventSchema | None = None) -> Event | Rejected:
     """Validate one already-decoded record (a parquet row as a dict).
 
     Same rules as `parse_json`; additionally ``event_timestamp`` may be a tz-aware
@@ -311,17 +381,18 @@ def from_record(rec: dict, origin: str, now_us: int, max_future_us: int) -> Even
     scalars are accepted for ``event_id``. The `Rejected` payload is the record as JSON text.
     """
     if not isinstance(rec, dict):
-        return Rejected(
-            _as_text(rec), f"not_object: expected a record, got {_type_name(rec)}", origin
+        return _reject(
+            rec, f"not_object: expected a record, got {_type_name(rec)}", origin
         )
-    return _validate(rec, rec, origin, now_us, max_future_us)
+    return _validate(rec, rec, origin, now_us, max_future_us, _extra(schema))
 
 
-def validate_item(payload: Any, origin: str, now_us: int, max_future_us: int) -> Event | Rejected:
+def validate_item(payload: Any, origin: str, now_us: int, max_future_us: int,
+                  schema: EventSchema | None = None) -> Event | Rejected:
     """Dispatch a raw source item: ``str``/``bytes`` -> `parse_json`, ``dict`` -> `from_record`.
 
     Matches the ``(payload, origin)`` items of `feast_bytewax.ingest.files.EventFileSource`.
     """
     if isinstance(payload, dict):
-        return _validate(payload, payload, origin, now_us, max_future_us)
-    return parse_json(payload, origin, now_us, max_future_us)
+        return _validate(payload, payload, origin, now_us, max_future_us, _extra(schema))
+    return parse_json(payload, origin, now_us, max_future_us, schema)

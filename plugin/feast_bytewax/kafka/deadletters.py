@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,37 +32,13 @@ from bytewax.outputs import StatelessSinkPartition
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka import KafkaError as CKError
 
-from feast_bytewax.dataflow.deadletters import dead_letter_record
-from feast_bytewax.records import Late, Rejected
+from feast_bytewax.errors import SourceError
 from feast_bytewax.observability.metrics import DEAD_LETTERS_PRODUCED
+from feast_bytewax.records import Late, Rejected, dead_letter_record
 
 log = logging.getLogger("feast_bytewax.kafka.source")
 
 HEADER_PREFIX = "feast_bytewax."
-
-# Exact bytes of messages whose value is not valid UTF-8 (or None), by origin, so that the
-# dead-letter sink can write them back exactly (the validator keeps a text copy). Process
-# local and bounded: the validator and the (dynamic) dead-letter sink run on the worker that
-# read the message. Valid UTF-8 (the normal case) is re-encoded exactly from the text.
-_RAW_LIMIT = 10_000
-_raw_payloads: OrderedDict[str, bytes | None] = OrderedDict()
-_raw_lock = threading.Lock()
-
-
-def _stash_raw(origin: str, value: bytes | None) -> None:
-    with _raw_lock:
-        _raw_payloads[origin] = value
-        while len(_raw_payloads) > _RAW_LIMIT:
-            _raw_payloads.popitem(last=False)
-
-
-_MISSING = object()
-
-
-def _pop_raw(origin: str) -> Any:
-    with _raw_lock:
-        return _raw_payloads.pop(origin, _MISSING)
-
 
 def split_origin(origin: str) -> tuple[str, int, int] | None:
     """``"topic/partition/offset"`` -> (topic, partition, offset); None for other origins."""
@@ -89,9 +63,14 @@ def dead_letter_message(record: Rejected | Late, dead_letter_topic: str,
     if where is not None:
         headers += [_h("topic", where[0]), _h("partition", where[1]), _h("offset", where[2])]
     if isinstance(record, Rejected):
-        raw = _pop_raw(origin)
-        value = (record.payload.encode("utf-8", "backslashreplace") if raw is _MISSING
-                 else raw)
+        # The exact bytes ride on the record itself (no side channel: it works across
+        # processes and however many dead letters are in flight).
+        if record.no_value:
+            value = None
+        elif record.raw is not None:
+            value = record.raw
+        else:
+            value = record.payload.encode("utf-8", "backslashreplace")
         key = origin.rsplit("/", 1)[0] if where is not None else origin
         return KafkaSinkMessage(key.encode("utf-8", "backslashreplace"), value,
                                 topic=dead_letter_topic, headers=headers)
@@ -101,7 +80,7 @@ def dead_letter_message(record: Rejected | Late, dead_letter_topic: str,
                             topic=late_topic or dead_letter_topic, headers=headers)
 
 
-class _DeadLetterPartition(StatelessSinkPartition[Any]):
+class DeadLetterPartition(StatelessSinkPartition[Any]):
     """Produces a batch and waits for every acknowledgement; a failure raises."""
 
     def __init__(self, producer: Producer, dead_letter_topic: str, late_topic: str | None,
@@ -162,9 +141,9 @@ class KafkaDeadLetterSink(KafkaSink):
         self.late_topic = late_topic
         self.timeout_s = timeout_s
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> DeadLetterPartition:
         config = {"bootstrap.servers": ",".join(self._brokers), **self._add_config}
-        return _DeadLetterPartition(Producer(config), self._topic, self.late_topic,
+        return DeadLetterPartition(Producer(config), self._topic, self.late_topic,
                                     self.timeout_s)
 
 
@@ -185,8 +164,6 @@ def read_dead_letter_topic(brokers: Iterable[str], topic: str,
     ``topic``, ``partition``, ``offset`` ...), plus ``key`` and ``value`` (bytes or None) and
     ``dlq_partition`` / ``dlq_offset``; late ones also ``record`` (the decoded envelope).
     """
-    from feast_bytewax.kafka.source import KafkaSourceError  # defined with the source (no cycle)
-
     config = {"bootstrap.servers": ",".join(brokers), "group.id": "feast-bytewax-dlq-reader",
               "enable.auto.commit": "false", "enable.partition.eof": "true",
               **dict(options or {})}
@@ -215,7 +192,7 @@ def read_dead_letter_topic(brokers: Iterable[str], topic: str,
                     if err.code() == CKError._PARTITION_EOF:
                         pending.discard(m.partition())
                         continue
-                    raise KafkaSourceError(f"reading {topic!r}: {err}")
+                    raise SourceError(f"reading {topic!r}: {err}")
                 d = _header_dict(m.headers())
                 d.update(key=m.key(), value=m.value(), dlq_partition=m.partition(),
                          dlq_offset=m.offset())

@@ -1,36 +1,16 @@
-"""Kafka settings for the live flow: ``kafka://`` URLs, librdkafka options (command line
-and environment) and their redaction for logs. See `feast_bytewax.kafka.source`."""
+"""librdkafka settings for the live flow (command line and environment), their redaction
+for logs, and the start offsets. The ``kafka://`` URL itself is a run setting
+(`feast_bytewax.config.parse_kafka_url`). See `feast_bytewax.kafka.source`."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from urllib.parse import unquote, urlsplit
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 START_OFFSETS = {"earliest": OFFSET_BEGINNING, "latest": OFFSET_END}
 ENV_OPTION_PREFIX = "FEAST_BYTEWAX_KAFKA_OPT_"
-
-
-def parse_kafka_url(url: str) -> tuple[list[str], str]:
-    """``kafka://HOST:PORT[,HOST:PORT...]/TOPIC`` -> (bootstrap servers, topic)."""
-    parts = urlsplit(url)
-    if parts.scheme != "kafka":
-        raise ValueError(f"not a kafka:// source: {url!r} (expected kafka://HOST:PORT/TOPIC)")
-    brokers = [b.strip() for b in parts.netloc.split(",") if b.strip()]
-    topic = unquote(parts.path.lstrip("/"))
-    if not brokers:
-        raise ValueError(f"no bootstrap server in {url!r} (expected kafka://HOST:PORT/TOPIC)")
-    for b in brokers:
-        host, sep, port = b.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"bootstrap server {b!r} in {url!r} is not HOST:PORT")
-    if not topic or "/" in topic:
-        raise ValueError(f"one topic expected after the servers in {url!r}, got {topic!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: pass Kafka settings with --kafka-option, not in the URL")
-    return brokers, topic
 
 
 def parse_option(text: str) -> tuple[str, str]:

@@ -49,43 +49,10 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka import KafkaError as CKError
 from confluent_kafka.admin import AdminClient
 
-from feast_bytewax.kafka.deadletters import (
-    HEADER_PREFIX,
-    KafkaDeadLetterSink,
-    _stash_raw,
-    dead_letter_message,
-    read_dead_letter_topic,
-    split_origin,
-)
-from feast_bytewax.kafka.deadletters import (
-    _DeadLetterPartition as _DeadLetterPartition,
-)
-from feast_bytewax.kafka.settings import (
-    ENV_OPTION_PREFIX,
-    START_OFFSETS,
-    kafka_options,
-    parse_kafka_url,
-    parse_option,
-    redact,
-)
+from feast_bytewax.errors import SourceError
+from feast_bytewax.kafka._compat import consumer, next_offset, set_next_offset
+from feast_bytewax.kafka.settings import START_OFFSETS
 from feast_bytewax.observability.metrics import KAFKA_ERRORS, KAFKA_LAG
-
-__all__ = [
-    "ENV_OPTION_PREFIX",
-    "HEADER_PREFIX",
-    "START_OFFSETS",
-    "KafkaDeadLetterSink",
-    "KafkaEventSource",
-    "KafkaSourceError",
-    "StopControl",
-    "dead_letter_message",
-    "kafka_options",
-    "parse_kafka_url",
-    "parse_option",
-    "read_dead_letter_topic",
-    "redact",
-    "split_origin",
-]
 
 log = logging.getLogger("feast_bytewax.kafka.source")
 
@@ -110,7 +77,7 @@ PARTITION_FAIL_CODES = FAIL_CODES | {
 }
 
 
-class KafkaSourceError(RuntimeError):
+class KafkaSourceError(SourceError):
     """A Kafka error the live flow must not run past (see the module docstring)."""
 
 
@@ -175,17 +142,7 @@ class StopControl:
 # ---------------------------------------------------------------------------------------
 
 
-def _utf8(value: bytes) -> bool:
-    if value.isascii():
-        return True
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-class _ErrorBook:
+class ErrorBook:
     """Client and partition errors of one source: counts, rate-limited logs, the first
     error that must stop the flow."""
 
@@ -227,11 +184,11 @@ class _ErrorBook:
             raise KafkaSourceError(self.failure)
 
 
-class _EventPartition(StatefulSourcePartition[tuple[Any, str], int | None]):
+class EventPartition(StatefulSourcePartition[tuple[Any, str], int | None]):
     """One Kafka partition: Bytewax's partition reader, items as ``(payload, origin)``."""
 
     def __init__(self, inner: Any, topic: str, part: int, stop: StopControl,
-                 errors: _ErrorBook) -> None:
+                 errors: ErrorBook) -> None:
         self._inner = inner
         self._topic = topic
         self._part = part
@@ -247,13 +204,13 @@ class _EventPartition(StatefulSourcePartition[tuple[Any, str], int | None]):
         """Lag from the consumer's cached high watermark (no broker round trip)."""
         self._lag_at = time.monotonic()
         try:
-            lo, hi = self._inner._consumer.get_watermark_offsets(
+            lo, hi = consumer(self._inner).get_watermark_offsets(
                 TopicPartition(self._topic, self._part), cached=True)
         except Exception:  # a metric must never stop the flow
             return
         if hi < 0:
             return
-        pos = self._inner._offset
+        pos = next_offset(self._inner)
         if pos < 0:  # nothing read yet: OFFSET_BEGINNING / OFFSET_END
             pos = lo if pos == OFFSET_BEGINNING else hi
         self.lag = max(hi - pos, 0)
@@ -264,7 +221,7 @@ class _EventPartition(StatefulSourcePartition[tuple[Any, str], int | None]):
         if self._stop.should_stop():
             self._update_lag()
             raise StopIteration
-        before = self._inner._offset
+        before = next_offset(self._inner)
         msgs = self._inner.next_batch()  # StopIteration at the end when not tailing
         out: list[tuple[Any, str]] = []
         prefix = self._prefix
@@ -272,16 +229,13 @@ class _EventPartition(StatefulSourcePartition[tuple[Any, str], int | None]):
         for m in msgs:
             if type(m) is KafkaSourceMessage:
                 origin = prefix + str(m.offset)
-                value = m.value
-                if value is None or not _utf8(value):
-                    _stash_raw(origin, value)
-                out.append((value, origin))
+                out.append((m.value, origin))
                 last = m.offset
             elif isinstance(m, KafkaError):
                 self._errors.record(m.err, f"{self._topic}/{self._part}", PARTITION_FAIL_CODES)
         # Bytewax 0.21 sets the resume offset from the last item, error items included
         # (offset -1001 -> resume at OFFSET_STORED after a restart): keep it exact.
-        self._inner._offset = last + 1 if last is not None else before
+        set_next_offset(self._inner, last + 1 if last is not None else before)
         self._stop.note(len(out))
         if time.monotonic() - self._lag_at >= LAG_EVERY_S:
             self._update_lag()
@@ -335,7 +289,7 @@ class KafkaEventSource(FixedPartitionedSource[tuple[Any, str], int | None]):
         self.options = dict(options or {})
         self.stop = stop if stop is not None else StopControl()
         self.list_timeout_s = list_timeout_s
-        self.errors = _ErrorBook(topic)
+        self.errors = ErrorBook(topic)
         config: dict[str, Any] = dict(self.options)
         config.setdefault("error_cb", self.errors.client_error)
         self._inner = KafkaSource(
@@ -363,4 +317,4 @@ class KafkaEventSource(FixedPartitionedSource[tuple[Any, str], int | None]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         inner = self._inner.build_part(step_id, for_part, resume_state)
         idx, topic = for_part.split("-", 1)
-        return _EventPartition(inner, topic, int(idx), self.stop, self.errors)
+        return EventPartition(inner, topic, int(idx), self.stop, self.errors)

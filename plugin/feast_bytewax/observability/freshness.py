@@ -1,16 +1,17 @@
-"""Freshness of the live run: `FreshnessRecorder` samples arrival and event times
-and observes the sinks' flushes (time since event and since arrival, SLO)."""
+"""Freshness of the live run: `FreshnessRecorder` samples arrival and event times and
+observes the sink's flushes (its `on_flush` hook) into the freshness histograms, which the
+SLO alert (`observability.slo`) and Prometheus read."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-log = logging.getLogger("feast_bytewax.dataflow.live")
-
+from feast_bytewax.observability.metrics import FRESHNESS_ARRIVAL_SECONDS, FRESHNESS_SECONDS
+from feast_bytewax.records import Event
+from feast_bytewax.timeutil import utc_now_us
 
 ARRIVAL_SAMPLE_PER_BATCH = 64
 ARRIVAL_MAX_TRACKED = 200_000
@@ -19,8 +20,7 @@ ARRIVAL_MAX_TRACKED = 200_000
 class FreshnessRecorder:
     """Measures, per row that became readable, its freshness:
 
-    - since event time: readable wall time - the row's timestamp (`FRESHNESS_SECONDS`, and
-      the SLO monitor if any);
+    - since event time: readable wall time - the row's timestamp (`FRESHNESS_SECONDS`);
     - since arrival: readable wall time - the wall time its event was validated
       (`FRESHNESS_ARRIVAL_SECONDS`), for rows caused by an event. Arrivals are sampled (the
       first `sample_per_batch` events of each validated batch, at most `max_tracked` waiting)
@@ -31,12 +31,9 @@ class FreshnessRecorder:
     those are measured. Thread-safe (validators and sinks run on worker threads).
     """
 
-    def __init__(self, slo: Any = None, *, sample_per_batch: int = ARRIVAL_SAMPLE_PER_BATCH,
+    def __init__(self, *, sample_per_batch: int = ARRIVAL_SAMPLE_PER_BATCH,
                  max_tracked: int = ARRIVAL_MAX_TRACKED, horizon_s: float = 600.0,
                  clock: Callable[[], int] | None = None) -> None:
-        from feast_bytewax.timeutil import utc_now_us
-
-        self.slo = slo
         self.sample_per_batch = sample_per_batch
         self.max_tracked = max_tracked
         self.horizon_us = int(horizon_s * 1e6)
@@ -49,8 +46,6 @@ class FreshnessRecorder:
 
     def observe_batch(self, batch: Sequence[Any], now_us: int) -> None:
         """`flow.make_validator` hook: remember when sampled events arrived."""
-        from feast_bytewax.records import Event
-
         picked = []
         for x in batch:
             if type(x) is Event:
@@ -75,9 +70,7 @@ class FreshnessRecorder:
                 del arrivals[key]
 
     def rows_readable(self, rows: Sequence[Any], now_us: int | None = None) -> None:
-        """Rows a flush just made readable (in flush order)."""
-        from feast_bytewax.observability.metrics import FRESHNESS_ARRIVAL_SECONDS, FRESHNESS_SECONDS
-
+        """Rows a flush just made readable (in flush order): the sink's `on_flush` hook."""
         if not rows:
             return
         now_us = self.clock() if now_us is None else now_us
@@ -100,47 +93,3 @@ class FreshnessRecorder:
             FRESHNESS_ARRIVAL_SECONDS.observe(v)
         self.rows_measured += len(fresh)
         self.arrivals_measured += len(since_arrival)
-        if self.slo is not None:
-            self.slo.observe(fresh)
-
-
-def _observed_sink_classes():
-    """`FeastSink` / `FeastWriter` subclasses reporting flushed rows to a recorder (built
-    lazily: importing sinks pulls pandas/pyarrow)."""
-    from feast_bytewax.dataflow.feast_sink import FeastSink, FeastWriter
-
-    class ObservedFeastWriter(FeastWriter):
-        def __init__(self, *args: Any, recorder: FreshnessRecorder, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.recorder = recorder
-
-        def flush(self) -> int:
-            rows = self._buffer
-            try:
-                n = super().flush()
-            except Exception:
-                # Bytewax 0.21 can turn a sink exception into a Rust panic that never prints
-                # the Python error: say what failed before it does.
-                log.exception("Feast write of %d rows failed; the run stops", len(rows))
-                raise
-            if n:
-                self.recorder.rows_readable(rows)
-            return n
-
-    class LiveFeastSink(FeastSink):
-        def __init__(self, *args: Any, recorder: FreshnessRecorder, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.recorder = recorder
-
-        def build_writer(self) -> FeastWriter:
-            from feast_bytewax.features.spec import load_spec
-
-            store = self.open_store()
-            spec = self.spec if self.spec is not None else load_spec(store, self.join_key)
-            return ObservedFeastWriter(
-                store, spec, max_rows=self.max_rows, max_interval=self.max_interval,
-                online=self.online, offline=self.offline, stats=self.stats,
-                recorder=self.recorder,
-            )
-
-    return ObservedFeastWriter, LiveFeastSink

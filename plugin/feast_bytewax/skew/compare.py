@@ -12,32 +12,32 @@ import pandas as pd
 from feast_bytewax.timeutil import from_us
 
 
-def _num(s: pd.Series | np.ndarray) -> np.ndarray:
+def numeric(s: pd.Series | np.ndarray) -> np.ndarray:
     """Values as float64 with NaN for null (ints and nullable ints included)."""
     return pd.to_numeric(pd.Series(s), errors="coerce").astype("float64").to_numpy()
 
 
-def _to_us(values: Any) -> np.ndarray:
+def to_us_array(values: Any) -> np.ndarray:
     """Timestamps (any unit, aware or UTC-naive) -> epoch microseconds; NaT -> 0."""
     ts = pd.to_datetime(pd.Series(values), utc=True)
     us = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
     return us.fillna(0).astype("int64").to_numpy()
 
 
-def _equal(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+def values_equal(a: np.ndarray, b: np.ndarray, rtol: float, atol: float) -> np.ndarray:
     both_null = np.isnan(a) & np.isnan(b)
     with np.errstate(invalid="ignore"):
         close = np.abs(a - b) <= atol + rtol * np.abs(b)
     return both_null | np.nan_to_num(close, nan=0).astype(bool)
 
 
-def _iso(us: Any) -> str | None:
+def iso(us: Any) -> str | None:
     if us is None or (isinstance(us, float) and math.isnan(us)):
         return None
     return from_us(int(us)).isoformat().replace("+00:00", "Z")
 
 
-def _val(x: Any) -> Any:
+def json_value(x: Any) -> Any:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return None
     if isinstance(x, float) and x.is_integer() and abs(x) < 2**53:
@@ -45,7 +45,7 @@ def _val(x: Any) -> Any:
     return float(x) if isinstance(x, float | np.floating) else x
 
 
-def _feature_stats(names: list[str], store: dict[str, np.ndarray], target: dict[str, np.ndarray],
+def feature_stats(names: list[str], store: dict[str, np.ndarray], target: dict[str, np.ndarray],
                    mism: dict[str, np.ndarray], compared: dict[str, np.ndarray]) -> dict:
     out = {}
     for n in names:
@@ -66,7 +66,7 @@ def _feature_stats(names: list[str], store: dict[str, np.ndarray], target: dict[
     return out
 
 
-def _worst_keys(keys: np.ndarray, ts: np.ndarray, mism_any: np.ndarray,
+def worst_keys(keys: np.ndarray, ts: np.ndarray, mism_any: np.ndarray,
                 mism: dict[str, np.ndarray], n: int) -> list[dict]:
     if not mism_any.any():
         return []
@@ -78,6 +78,6 @@ def _worst_keys(keys: np.ndarray, ts: np.ndarray, mism_any: np.ndarray,
     feats = df.groupby("k")[list(mism)].sum()
     return [{
         "key": str(k), "mismatched_points": int(r["mismatched"]),
-        "first_mismatch": _iso(r["first"]),
+        "first_mismatch": iso(r["first"]),
         "features": [f for f in mism if feats.loc[k, f] > 0],
     } for k, r in agg.iterrows()]

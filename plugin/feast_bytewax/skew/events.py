@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.features.spec import EngineSpec, FeatureSpec
+from feast_bytewax.ingest.files import EventFileSource, list_event_files
+from feast_bytewax.ingest.validate import validate_item
+from feast_bytewax.records import Event
 from feast_bytewax.timeutil import US_PER_S, from_us, utc_now_us
 
 
@@ -32,6 +36,7 @@ class SkewOptions:
     start_us: int | None = None
     end_us: int | None = None
     s3_endpoint: str | None = None  # for s3:// event logs (default: the environment's)
+    entity: str | None = None  # join key of the entity to check (default: the only one)
 
 
 
@@ -46,7 +51,7 @@ class EventLog:
     files: list[str] = field(default_factory=list)
 
 
-def _sampled(keys: pd.Series, fraction: float) -> np.ndarray:
+def sampled_keys(keys: pd.Series, fraction: float) -> np.ndarray:
     """A stable subset of keys (crc32 of the key), `fraction` of them."""
     if fraction >= 1.0:
         return np.ones(len(keys), dtype=bool)
@@ -59,9 +64,6 @@ def _sampled(keys: pd.Series, fraction: float) -> np.ndarray:
 def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventLog:
     """Read the raw log the way the replay does (same files, order, start/end filter and
     validation rules); invalid rows are counted and left out, as the stream does."""
-    from feast_bytewax.records import Event
-    from feast_bytewax.ingest.files import EventFileSource, list_event_files
-    from feast_bytewax.ingest.validate import validate_item
 
     start = from_us(opts.start_us) if opts.start_us is not None else None
     end = from_us(opts.end_us) if opts.end_us is not None else None
@@ -94,7 +96,7 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
     df["event_timestamp"] = df["event_timestamp"].astype("int64")
     horizon = int(df["event_timestamp"].max()) if len(df) else None
     df = visibility_model(df, spec.join_key, opts)
-    keep = _sampled(df[spec.join_key], opts.sample_keys)
+    keep = sampled_keys(df[spec.join_key], opts.sample_keys)
     df = df.loc[keep].reset_index(drop=True)
     files = list_event_files(path, opts.s3_endpoint)
     return EventLog(df, rejected, horizon, [str(p) for p in files])
@@ -107,7 +109,6 @@ def visibility_model(df: pd.DataFrame, key: str, opts: SkewOptions) -> pd.DataFr
     at or behind it is a correction visible from the watermark when it is at most the
     allowed lateness behind, else dropped. Adds `vis` (int us), `corrected`, `dropped`.
     """
-    from feast_bytewax.engine.routing import shard_of
 
     out = df.copy()
     ts = out["event_timestamp"]

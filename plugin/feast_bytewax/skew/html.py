@@ -50,7 +50,7 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
     return "".join(out)
 
 
-def _num(v: Any) -> float | None:
+def numeric(v: Any) -> float | None:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
     return float(v)
@@ -63,7 +63,7 @@ def step_svg(plot: dict, title: str) -> str:
     if not ts:
         return "<p>(no points)</p>"
     t0, t1 = ts[0], ts[-1] if ts[-1] > ts[0] else ts[0] + 1
-    vals = [v for s in ("truth", "store") for v in map(_num, plot[s]) if v is not None]
+    vals = [v for s in ("truth", "store") for v in map(numeric, plot[s]) if v is not None]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     if hi == lo:
         hi = lo + 1.0
@@ -77,7 +77,7 @@ def step_svg(plot: dict, title: str) -> str:
 
     def path(series: list) -> str:
         d, prev = [], None
-        for i, v in enumerate(map(_num, series)):
+        for i, v in enumerate(map(numeric, series)):
             xi = x(ts[i])
             if v is None:
                 prev = None
@@ -111,7 +111,7 @@ def step_svg(plot: dict, title: str) -> str:
             parts.append(f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='{PAD_T + ph}' "
                          f"y2='{PAD_T + ph - 5}' stroke='#1f5fbf'/>")
         if plot["mismatch"][i]:
-            v = _num(plot["store"][i])
+            v = numeric(plot["store"][i])
             yy = y(v) if v is not None else PAD_T + ph
             parts.append(f"<circle cx='{x(t):.1f}' cy='{yy:.1f}' r='3.5' fill='#d0021b'/>")
     parts.append(f"<text x='{PAD_L}' y='{H - 6}' font-size='11' fill='#555'>grey: batch truth; "

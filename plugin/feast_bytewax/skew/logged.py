@@ -9,9 +9,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feast_bytewax.skew.events import SkewOptions, _sampled
-from feast_bytewax.skew.compare import _equal, _feature_stats, _iso, _num, _to_us, _val
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.skew.compare import (
+    feature_stats,
+    iso,
+    json_value,
+    numeric,
+    to_us_array,
+    values_equal,
+)
+from feast_bytewax.skew.events import SkewOptions, sampled_keys
+from feast_bytewax.stores.feature_logging import read_logged_features
 from feast_bytewax.timeutil import US_PER_S
 
 STATUS_PRESENT, STATUS_NULL, STATUS_NOT_FOUND = 1, 2, 3
@@ -22,7 +30,6 @@ def read_logs(store: Any, service: Any) -> pd.DataFrame | None:
     config, or no logs yet)."""
     if service is None or service.logging_config is None:
         return None
-    from feast_bytewax.stores.feature_logging import read_logged_features
 
     df = read_logged_features(store, service)
     return df if df is not None and len(df) else None
@@ -36,7 +43,7 @@ def logged_points(spec: EngineSpec, service: Any, logs: pd.DataFrame,
 
     key = spec.join_key
     names = set(spec.feature_names)
-    serve = pd.Series(_to_us(logs[LOG_TIMESTAMP_FIELD]))
+    serve = pd.Series(to_us_array(logs[LOG_TIMESTAMP_FIELD]))
     parts = []
     h = horizon if horizon is not None else 0
     for proj in service.feature_view_projections:
@@ -47,7 +54,7 @@ def logged_points(spec: EngineSpec, service: Any, logs: pd.DataFrame,
             if col not in logs.columns:
                 continue
             ts = pd.to_datetime(logs[f"{col}__timestamp"], utc=True)
-            ts_us = _to_us(ts)
+            ts_us = to_us_array(ts)
             status = logs[f"{col}__status"].fillna(STATUS_NOT_FOUND).astype(int).to_numpy()
             absent = (status == STATUS_NOT_FOUND) | (ts_us <= 0) | ts.isna().to_numpy()
             point = np.where(absent, np.minimum(serve.to_numpy(), h), ts_us)
@@ -57,14 +64,14 @@ def logged_points(spec: EngineSpec, service: Any, logs: pd.DataFrame,
             alt = np.where(whole, point + US_PER_S - 1, point)
             parts.append(pd.DataFrame({
                 "row": np.arange(len(logs)), key: logs[key].astype(str).to_numpy(),
-                "feature": feat.name, "value": _num(logs[col]), "status": status,
+                "feature": feat.name, "value": numeric(logs[col]), "status": status,
                 "absent": absent, "ts": point, "alt_ts": alt, "serve_ts": serve.to_numpy(),
                 "request_id": logs[REQUEST_ID_FIELD].astype(str).to_numpy(),
             }))
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return out.loc[_sampled(out[key], opts.sample_keys)].reset_index(drop=True)
+    return out.loc[sampled_keys(out[key], opts.sample_keys)].reset_index(drop=True)
 
 
 def compare_logged(spec: EngineSpec, lp: pd.DataFrame, truth_at: Any, empties: dict,
@@ -89,8 +96,8 @@ def compare_logged(spec: EngineSpec, lp: pd.DataFrame, truth_at: Any, empties: d
         sub = lp.loc[sel]
         i = idx[sel]
         frame = cols["stream" if opts.truth == "stream" else "ideal"]
-        t = _num(frame[n].to_numpy()[i])
-        t_alt = _num(frame[n].to_numpy()[idx_alt[sel]])
+        t = numeric(frame[n].to_numpy()[i])
+        t_alt = numeric(frame[n].to_numpy()[idx_alt[sel]])
         v = sub["value"].to_numpy().copy()
         absent = sub["absent"].to_numpy()
         e = empties[n]
@@ -100,9 +107,9 @@ def compare_logged(spec: EngineSpec, lp: pd.DataFrame, truth_at: Any, empties: d
         v[absent] = ev_
         comp = ~cols["unverified"][n].to_numpy()[i] if opts.truth == "stream" \
             else np.ones(len(i), bool)
-        ok_alt = _equal(v, t_alt, opts.rtol, opts.atol)
-        t = np.where(ok_alt & ~_equal(v, t, opts.rtol, opts.atol), t_alt, t)
-        bad = ~_equal(v, t, opts.rtol, opts.atol) & comp
+        ok_alt = values_equal(v, t_alt, opts.rtol, opts.atol)
+        t = np.where(ok_alt & ~values_equal(v, t, opts.rtol, opts.atol), t_alt, t)
+        bad = ~values_equal(v, t, opts.rtol, opts.atol) & comp
         not_found += int(absent.sum())
         not_found_bad += int((absent & bad).sum())
         store_v[n], target[n], mism[n], compared[n] = v, t, bad, comp
@@ -116,11 +123,11 @@ def compare_logged(spec: EngineSpec, lp: pd.DataFrame, truth_at: Any, empties: d
         for j, b in zip(sel, mism[n], strict=True):
             if b and len(examples) < opts.examples:
                 examples.append({"key": str(lp[key].iat[j]), "feature": n,
-                                 "value_time": _iso(lp["ts"].iat[j]),
-                                 "served_at": _iso(lp["serve_ts"].iat[j]),
+                                 "value_time": iso(lp["ts"].iat[j]),
+                                 "served_at": iso(lp["serve_ts"].iat[j]),
                                  "request_id": lp["request_id"].iat[j],
-                                 "served": _val(lp["value"].iat[j]),
-                                 "truth": _val(target[n][list(sel).index(j)])})
+                                 "served": json_value(lp["value"].iat[j]),
+                                 "truth": json_value(target[n][list(sel).index(j)])})
     by_key = {}
     if any_row.any():
         rows_bad = lp.loc[lp["row"].isin(np.flatnonzero(any_row))].drop_duplicates("row")
@@ -136,7 +143,7 @@ def compare_logged(spec: EngineSpec, lp: pd.DataFrame, truth_at: Any, empties: d
             "p99": float(np.percentile(stale, 99)) if len(stale) else None,
             "max": float(stale.max()) if len(stale) else None,
         },
-        "features": _feature_stats(names, store_v, target, mism, compared),
+        "features": feature_stats(names, store_v, target, mism, compared),
         "worst_keys": [{"key": str(k), "mismatched_vectors": int(v)} for k, v in by_key.items()],
         "examples": examples,
     }

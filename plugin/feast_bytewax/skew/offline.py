@@ -9,12 +9,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feast_bytewax.skew.events import EventLog, SkewOptions, _sampled
-from feast_bytewax.skew.compare import _equal, _feature_stats, _iso, _num, _to_us, _val, _worst_keys
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.skew.compare import (
+    feature_stats,
+    iso,
+    json_value,
+    numeric,
+    to_us_array,
+    values_equal,
+    worst_keys,
+)
+from feast_bytewax.skew.events import EventLog, SkewOptions, sampled_keys
+from feast_bytewax.stores.parquet_folder import read_source_frame, resolve_source_uri
 
 
-def _offline_sources(store: Any, spec: EngineSpec) -> list[tuple[Any, list[str]]]:
+def offline_sources(store: Any, spec: EngineSpec) -> list[tuple[Any, list[str]]]:
     """(FileSource, features written there) for each batch source of the spec's views."""
     views = {v.name: v for v in store.list_stream_feature_views()}
     by_source: dict[str, tuple[Any, list[str]]] = {}
@@ -28,18 +37,17 @@ def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
                  opts: SkewOptions) -> tuple[pd.DataFrame, str]:
     """The batch source's rows: join key, `ts` (int us), features (float64/NaN); in part
     order (the order they were written)."""
-    from feast_bytewax.stores.parquet_folder import read_source_frame, resolve_source_uri
 
     df = read_source_frame(store.config, source)
     uri = resolve_source_uri(store.config, source)
     ts_col = source.timestamp_field or "event_timestamp"
     key = spec.join_key
     out = pd.DataFrame({key: df[key].astype(str).to_numpy() if len(df) else [],
-                        "ts": _to_us(df[ts_col])
+                        "ts": to_us_array(df[ts_col])
                         if len(df) else np.zeros(0, np.int64)})
     for n in names:
-        out[n] = _num(df[n]) if n in df.columns else np.full(len(df), np.nan)
-    keep = _sampled(out[key], opts.sample_keys)
+        out[n] = numeric(df[n]) if n in df.columns else np.full(len(df), np.nan)
+    keep = sampled_keys(out[key], opts.sample_keys)
     return out.loc[keep].reset_index(drop=True), uri
 
 
@@ -63,8 +71,8 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
     pts = pd.concat([cand[[key, "ts"]], rows[[key, "ts"]]], ignore_index=True)
     pts = pts.drop_duplicates().sort_values([key, "ts"]).reset_index(drop=True)
     tr = truth_at(pts)
-    stream_t = {n: _num(tr["stream"][n]) for n in names}
-    ideal_t = {n: _num(tr["ideal"][n]) for n in names}
+    stream_t = {n: numeric(tr["stream"][n]) for n in names}
+    ideal_t = {n: numeric(tr["ideal"][n]) for n in names}
     unver = {n: tr["unverified"][n].to_numpy() for n in names}
     # the store's step function at each point (asof join, empty before the first row)
     left = pts.sort_values("ts", kind="stable").reset_index()
@@ -76,7 +84,7 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
     no_row = merged["__row_ts"].isna().to_numpy()
     store_v = {}
     for n in names:
-        v = _num(merged[n])
+        v = numeric(merged[n])
         e = empties[n]
         v[no_row] = np.nan if e is None or (isinstance(e, float) and math.isnan(e)) else float(e)
         store_v[n] = v
@@ -92,18 +100,18 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
         e = empties[n]
         ev_ = np.nan if e is None or (isinstance(e, float) and math.isnan(e)) else float(e)
         prev = np.where(first_of_key, ev_, prev)
-        changed |= ~_equal(cur, prev, opts.rtol, opts.atol)
+        changed |= ~values_equal(cur, prev, opts.rtol, opts.atol)
     target = stream_t if opts.truth == "stream" else ideal_t
     mism, expl, compared, late_pts = {}, {}, {}, {}
     for n in names:
         comp = ~unver[n] if opts.truth == "stream" else np.ones(len(pts), bool)
-        bad = ~_equal(store_v[n], target[n], opts.rtol, opts.atol) & comp
-        ok_stream = _equal(store_v[n], stream_t[n], opts.rtol, opts.atol)
+        bad = ~values_equal(store_v[n], target[n], opts.rtol, opts.atol) & comp
+        ok_stream = values_equal(store_v[n], stream_t[n], opts.rtol, opts.atol)
         explained = bad & ok_stream & (opts.truth == "ideal")
         mism[n] = bad & ~explained
         expl[n] = explained
         compared[n] = comp
-        late_pts[n] = ~_equal(stream_t[n], ideal_t[n], opts.rtol, opts.atol) & ~unver[n]
+        late_pts[n] = ~values_equal(stream_t[n], ideal_t[n], opts.rtol, opts.atol) & ~unver[n]
     any_m = np.zeros(len(pts), bool)
     for n in names:
         any_m |= mism[n]
@@ -120,8 +128,8 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
     examples = []
     for i in np.flatnonzero(any_m)[: opts.examples]:
         examples.append({
-            "key": str(keys[i]), "time": _iso(ts[i]), "class": str(cls[i]),
-            "features": {n: {"store": _val(store_v[n][i]), "truth": _val(target[n][i])}
+            "key": str(keys[i]), "time": iso(ts[i]), "class": str(cls[i]),
+            "features": {n: {"store": json_value(store_v[n][i]), "truth": json_value(target[n][i])}
                          for n in names if mism[n][i]},
         })
     n_pts = len(pts)
@@ -153,8 +161,8 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
             if n_pts else 0,
             "by_feature": {n: int(late_pts[n].sum()) for n in names},
         },
-        "features": _feature_stats(names, store_v, target, mism, compared),
-        "worst_keys": _worst_keys(keys, ts, any_m, mism, opts.top_keys),
+        "features": feature_stats(names, store_v, target, mism, compared),
+        "worst_keys": worst_keys(keys, ts, any_m, mism, opts.top_keys),
         "examples": examples,
     }
     frame = pd.DataFrame({key: keys, "ts": ts, "has_row": has_row})

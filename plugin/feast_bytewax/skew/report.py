@@ -74,9 +74,7 @@ feature). Exit code 1 when the mismatch rate (offline and logged, the larger) ex
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,61 +83,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feast_bytewax.config import FlowConfig, SkewConfig
+from feast_bytewax.features.spec import EngineSpec, load_spec
 from feast_bytewax.ingest.filesystems import is_uri
+from feast_bytewax.skew.compare import iso, json_value
 from feast_bytewax.skew.events import (
-    EventLog,
     SkewOptions,
-    counted_mask,
     read_events,
-    visibility_model,
 )
+from feast_bytewax.skew.html import render_html
 from feast_bytewax.skew.logged import (
-    STATUS_NOT_FOUND,
-    STATUS_NULL,
-    STATUS_PRESENT,
     compare_logged,
     logged_points,
     read_logs,
 )
-from feast_bytewax.skew.compare import _iso, _val
-from feast_bytewax.skew.offline import _offline_sources, compare_offline, read_offline
+from feast_bytewax.skew.offline import compare_offline, offline_sources, read_offline
 from feast_bytewax.skew.truth import (
-    KEY_SEP,
-    Truth,
-    _truth_lookup,
     change_candidates,
-    compute_truth,
     empty_vector,
+    truth_lookup,
 )
-from feast_bytewax.features.spec import EngineSpec
-from feast_bytewax.timeutil import US_PER_S
-
-__all__ = [
-    "KEY_SEP",
-    "REPORT_HTML",
-    "REPORT_JSON",
-    "STATUS_NOT_FOUND",
-    "STATUS_NULL",
-    "STATUS_PRESENT",
-    "EventLog",
-    "SkewOptions",
-    "Truth",
-    "change_candidates",
-    "compare_logged",
-    "compare_offline",
-    "compute_report",
-    "compute_truth",
-    "counted_mask",
-    "empty_vector",
-    "logged_points",
-    "main",
-    "options_from_args",
-    "read_events",
-    "read_logs",
-    "read_offline",
-    "visibility_model",
-    "write_report",
-]
+from feast_bytewax.timeutil import US_PER_S, to_us
 
 REPORT_JSON = "skew_report.json"
 REPORT_HTML = "skew_report.html"
@@ -147,9 +111,7 @@ REPORT_HTML = "skew_report.html"
 
 def _dead_letter_late(repo: Path) -> int | None:
     """Late (dropped) events the run recorded, if its dead-letter file(s) are there."""
-    from feast_bytewax.config import FlowConfig
-
-    path = FlowConfig().dead_letter_path
+    path = FlowConfig.model_fields["dead_letters"].default
     path = path if path.is_absolute() else repo / path
     files = [path] if path.exists() else sorted(path.parent.glob(f"{path.stem}.p*{path.suffix}"))
     if not files:
@@ -162,16 +124,13 @@ def _dead_letter_late(repo: Path) -> int | None:
 
 
 def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
-                   store: Any = None, spec: EngineSpec | None = None,
+                   store: Any, spec: EngineSpec | None = None,
                    service_name: str | None = None) -> tuple[dict, dict]:
-    """Everything `main` writes: (report dict, plot data per feature)."""
-    from feast_bytewax.dataflow.replay import open_store
-    from feast_bytewax.features.spec import load_spec
-
+    """Everything `run_skew` writes: (report dict, plot data per feature). `store` is the
+    repo's `FeatureStore`."""
     t0 = time.perf_counter()
     repo = Path(repo).resolve()
-    store = store if store is not None else open_store(repo)
-    spec = spec if spec is not None else load_spec(store)
+    spec = spec if spec is not None else load_spec(store, opts.entity)
     key = spec.join_key
     log = read_events(events, spec, opts)
     ev = log.events
@@ -179,7 +138,7 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
     cand = change_candidates(spec, ev, horizon) if len(ev) else pd.DataFrame(
         {key: pd.Series([], dtype=object), "ts": pd.Series([], dtype="int64")})
     cand[key] = cand[key].astype(str)
-    sources = _offline_sources(store, spec)
+    sources = offline_sources(store, spec)
     offline_frames = []
     for source, names in sources:
         off, uri = read_offline(store, spec, source, names, opts)
@@ -191,7 +150,7 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
     if lp is not None and len(lp):
         all_pts.append(lp[[key, "ts"]])
         all_pts.append(lp[[key, "alt_ts"]].rename(columns={"alt_ts": "ts"}))
-    truth_at, truth = _truth_lookup(spec, log, opts, pd.concat(all_pts, ignore_index=True))
+    truth_at, truth = truth_lookup(spec, log, opts, pd.concat(all_pts, ignore_index=True))
     empties = empty_vector(spec, ev)
     offline, frames = [], []
     for source, names, off, uri in offline_frames:
@@ -225,7 +184,7 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
             "watermark_delay_s": opts.watermark_delay_us / US_PER_S,
             "allowed_lateness_s": opts.allowed_lateness_us / US_PER_S,
             "rtol": opts.rtol, "atol": opts.atol, "sample_keys": opts.sample_keys,
-            "start": _iso(opts.start_us), "end": _iso(opts.end_us),
+            "start": iso(opts.start_us), "end": iso(opts.end_us),
         },
         "spec": {"join_key": key, "features": [
             {"name": f.name, "view": f.view, "function": f.function, "column": f.column,
@@ -235,8 +194,8 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
         "event_log": {
             "files": log.files, "valid_events": len(ev), "rejected": log.rejected,
             "keys": int(ev[key].nunique()) if len(ev) else 0,
-            "first_event": _iso(ev["event_timestamp"].min()) if len(ev) else None,
-            "horizon": _iso(log.horizon),
+            "first_event": iso(ev["event_timestamp"].min()) if len(ev) else None,
+            "horizon": iso(log.horizon),
             "corrections": int(ev["corrected"].sum()), "dropped_late": model_dropped,
             "dead_letters_late": dl_late,
             "shadow_points": truth.shadow_points, "shadow_rows": truth.shadow_rows,
@@ -293,8 +252,8 @@ def _plot_data(spec: EngineSpec, frame: pd.DataFrame | None, section: dict | Non
         out[n] = {
             "key": str(k),
             "ts": [int(x) for x in sub["ts"]],
-            "truth": [_val(x) for x in sub[f"{n}__truth"]],
-            "store": [_val(x) for x in sub[f"{n}__store"]],
+            "truth": [json_value(x) for x in sub[f"{n}__truth"]],
+            "store": [json_value(x) for x in sub[f"{n}__store"]],
             "mismatch": [bool(x) for x in sub[f"{n}__mismatch"]],
             "has_row": [bool(x) for x in sub["has_row"]],
         }
@@ -302,8 +261,6 @@ def _plot_data(spec: EngineSpec, frame: pd.DataFrame | None, section: dict | Non
 
 
 def write_report(report: dict, plots: dict, out: Path) -> tuple[Path, Path]:
-    from feast_bytewax.skew.html import render_html
-
     out.mkdir(parents=True, exist_ok=True)
     jpath, hpath = out / REPORT_JSON, out / REPORT_HTML
     jpath.write_text(json.dumps({**report, "plots": plots}, indent=2, default=str) + "\n",
@@ -312,30 +269,17 @@ def write_report(report: dict, plots: dict, out: Path) -> tuple[Path, Path]:
     return jpath, hpath
 
 
-def options_from_args(args: argparse.Namespace) -> SkewOptions:
-    from feast_bytewax.config import FlowConfig
-    from feast_bytewax.timeutil import to_us
-
-    d = FlowConfig()
-
-    def get(name, default):
-        v = getattr(args, name, None)
-        return default if v is None else v
-
-    start, end = get("start", None), get("end", None)
+def skew_options(cfg: SkewConfig) -> SkewOptions:
+    """The report's options from the command's settings (times in microseconds)."""
     return SkewOptions(
-        shards=int(get("shards", d.shards)),
-        watermark_delay_us=round(float(get("watermark_delay", d.watermark_delay_s)) * US_PER_S),
-        allowed_lateness_us=round(float(get("allowed_lateness", d.allowed_lateness_s))
-                                  * US_PER_S),
-        max_future_us=round(float(get("max_future", d.max_future_s)) * US_PER_S),
-        truth=get("truth", "stream"),
-        rtol=float(get("rtol", 1e-9)), atol=float(get("atol", 1e-9)),
-        sample_keys=float(get("sample_keys", 1.0)),
-        max_shadow_rows=int(get("max_shadow_rows", 50_000_000)),
-        start_us=to_us(start) if start is not None else None,
-        end_us=to_us(end) if end is not None else None,
-        s3_endpoint=get("s3_endpoint", None),
+        shards=cfg.shards,
+        watermark_delay_us=round(cfg.watermark_delay * US_PER_S),
+        allowed_lateness_us=round(cfg.allowed_lateness * US_PER_S),
+        max_future_us=round(cfg.max_future * US_PER_S),
+        truth=cfg.truth, rtol=cfg.rtol, atol=cfg.atol, sample_keys=cfg.sample_keys,
+        start_us=to_us(cfg.start) if cfg.start is not None else None,
+        end_us=to_us(cfg.end) if cfg.end is not None else None,
+        s3_endpoint=cfg.s3_endpoint, entity=cfg.entity,
     )
 
 
@@ -372,23 +316,19 @@ def _summary(report: dict, jpath: Path, hpath: Path) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    opts = options_from_args(args)
-    repo = Path(args.repo).resolve()
-    events: str | Path = args.events
-    if not is_uri(events):
-        events = Path(events)
-        if not events.is_absolute() and not events.exists():
-            events = repo / events
-    out = Path(args.out)
-    if not out.is_absolute():
-        out = repo / out
-    report, plots = compute_report(repo, events, opts,
-                                   service_name=getattr(args, "feature_service", None))
-    limit = float(getattr(args, "max_mismatch_rate", 0.0) or 0.0)
+def run_skew(cfg: SkewConfig, store: Any, events: str) -> tuple[int, str]:
+    """Compute, write and judge the report; returns (exit code, the printed summary)."""
+    opts = skew_options(cfg)
+    repo = Path(cfg.repo).resolve()
+    path: str | Path = events
+    if not is_uri(path):
+        path = Path(path)
+        if not path.is_absolute() and not path.exists():
+            path = repo / path
+    out = cfg.resolve(cfg.out)
+    report, plots = compute_report(repo, path, opts, store, service_name=cfg.feature_service)
     th = report["threshold"]
-    th["max_mismatch_rate"] = limit
-    th["passed"] = th["observed_mismatch_rate"] <= limit
+    th["max_mismatch_rate"] = cfg.max_mismatch_rate
+    th["passed"] = th["observed_mismatch_rate"] <= cfg.max_mismatch_rate
     jpath, hpath = write_report(report, plots, out)
-    print(_summary(report, jpath, hpath), file=sys.stdout)
-    return 0 if th["passed"] else 1
+    return (0 if th["passed"] else 1), _summary(report, jpath, hpath)

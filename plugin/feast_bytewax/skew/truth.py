@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from feast_bytewax.features.spec import EngineSpec, FeatureSpec
 from feast_bytewax.skew.batch_reference import batch_features
 from feast_bytewax.skew.events import EventLog, SkewOptions, counted_mask
-from feast_bytewax.features.spec import EngineSpec, FeatureSpec
 
 KEY_SEP = "\x1f"
 
@@ -183,7 +183,7 @@ def empty_vector(spec: EngineSpec, ev: pd.DataFrame) -> dict[str, Any]:
 
 
 
-def _truth_lookup(spec: EngineSpec, log: EventLog, opts: SkewOptions, all_points: pd.DataFrame):
+def truth_lookup(spec: EngineSpec, log: EventLog, opts: SkewOptions, all_points: pd.DataFrame):
     """Compute the truth once for every point any comparison needs; return a lookup."""
     key = spec.join_key
     pts = all_points[[key, "ts"]].drop_duplicates().reset_index(drop=True)

@@ -59,7 +59,6 @@ from typing import Any, Literal
 import pandas as pd
 from feast import FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3
 from feast.infra.online_stores.redis import (
     RedisOnlineStore,
     RedisOnlineStoreConfig,
@@ -72,11 +71,10 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from redis.exceptions import NoScriptError
 
-# The encoders, re-exported: existing imports use this module's names.
-from feast_bytewax.stores.redis_encoding import (  # noqa: F401
-    VALUE_ENCODERS,
-    _entity_key_bytes,
+from feast_bytewax.stores._compat import redis_field_hash
+from feast_bytewax.stores.redis_encoding import (
     encode_column,
+    entity_key_bytes,
     entity_keys_bytes,
     split_datetime,
     timestamp_bytes,
@@ -171,7 +169,7 @@ class FastRedisOnlineStore(RedisOnlineStore):
             key = f"{view_name}:{feature}"
             found = self._field_cache.get(key)
             if found is None:
-                found = self._field_cache[key] = _mmh3(key)
+                found = self._field_cache[key] = redis_field_hash(key)
             out.append(found)
         return tuple(out)
 
@@ -254,7 +252,7 @@ class FastRedisOnlineStore(RedisOnlineStore):
             if names != last_names:
                 last_names, last_fields = names, self._fields(view_name, names)
             secs, ns = split_datetime(timestamp)
-            keys.append(_entity_key_bytes(entity_key, version) + project)
+            keys.append(entity_key_bytes(entity_key, version) + project)
             seconds.append(secs)
             nanos.append(ns)
             fields.append(last_fields)

@@ -61,6 +61,10 @@ from feast.feature_service import FeatureService
 from feast.infra.passthrough_provider import PassthroughProvider
 from feast.repo_config import RepoConfig
 
+from feast_bytewax.stores._compat import provider_of
+from feast_bytewax.stores.parquet_folder import source_filesystem
+from feast_bytewax.stores.parquet_parts import list_parts
+
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "feast_bytewax_logging"
@@ -421,8 +425,6 @@ def read_logged_features(store: Any, service: FeatureService | str,
         return None
     dest = service.logging_config.destination
     if hasattr(dest, "path"):  # file destinations: nothing written yet reads as None
-        from feast_bytewax.stores.parquet_folder import list_parts, source_filesystem
-
         try:
             fs, path = source_filesystem(store.config, dest.to_data_source())
             if not list_parts(fs, path):
@@ -431,6 +433,6 @@ def read_logged_features(store: Any, service: FeatureService | str,
             pass
     start = start or datetime(1970, 1, 2, tzinfo=UTC)
     end = end or datetime.now(UTC) + timedelta(days=3650)
-    job = store._get_provider().retrieve_feature_service_logs(
+    job = provider_of(store).retrieve_feature_service_logs(
         service, start, end, store.config, store.registry)
     return job.to_df()

@@ -19,12 +19,12 @@ of the dask store (point-in-time joins, materialization pulls) and changes two t
   (so `get_historical_features` returns the entity rows with null features and a
   materialization pulls nothing) instead of failing inside dask.
 
-Part-file naming, listing, writing and schemas live in `feast_bytewax.stores.parquet_parts`
-(re-exported here); paths and URIs become pyarrow filesystems in `feast_bytewax.ingest.filesystems`.
+Part-file naming, listing, writing and schemas live in `feast_bytewax.stores.parquet_parts`;
+paths and URIs become pyarrow filesystems in `feast_bytewax.ingest.filesystems`.
 
 The dask store calls a module-level `_read_datasource` from inside lazily evaluated closures;
-this store re-binds those closures to its own reader (a copy of their globals with one name
-replaced), per call, without patching Feast's module for anyone else.
+this store re-binds those closures to its own reader (`stores._compat.with_reader`), per
+call, without patching Feast's module for anyone else.
 
 Config (`offline_store:` in feature_store.yaml):
 
@@ -45,7 +45,6 @@ anyway).
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -66,17 +65,13 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 
 from feast_bytewax.ingest.filesystems import filesystem_for_uri, is_uri
-
-# The part-file half of the store, re-exported: existing imports use this module's names.
-from feast_bytewax.stores.parquet_parts import (  # noqa: F401
+from feast_bytewax.stores._compat import with_reader
+from feast_bytewax.stores.parquet_parts import (
     PARQUET_SUFFIXES,
-    PART_PREFIX,
-    PART_SUFFIX,
     SCHEMAS,
     TIMESTAMP_TYPE,
     conform_table,
     list_parts,
-    new_part_name,
     view_arrow_fields,
     write_part,
 )
@@ -192,32 +187,6 @@ def _reader(
     return read_datasource
 
 
-def _rebind(fn: Callable, **names: Any) -> Callable:
-    """A copy of `fn` (with the same closure) that sees `names` instead of its module globals."""
-    scope = dict(fn.__globals__)
-    scope.update(names)
-    new = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
-    new.__kwdefaults__ = fn.__kwdefaults__
-    return new
-
-
-def _with_reader(job: RetrievalJob, read_datasource: Callable) -> RetrievalJob:
-    """Make a DaskRetrievalJob read through `read_datasource`.
-
-    Its evaluation closure looks up `_read_datasource` (historical retrieval) or
-    `DaskOfflineStore.evaluate_offline_job` (pulls) in the dask module's globals."""
-    evaluate_offline_job = _rebind(
-        DaskOfflineStore.evaluate_offline_job, _read_datasource=read_datasource
-    )
-    shim = types.SimpleNamespace(evaluate_offline_job=evaluate_offline_job)
-    job.evaluation_function = _rebind(  # type: ignore[attr-defined]
-        job.evaluation_function,  # type: ignore[attr-defined]
-        _read_datasource=read_datasource,
-        DaskOfflineStore=shim,
-    )
-    return job
-
-
 # ----------------------------------------------------------------------------------------
 # The store
 # ----------------------------------------------------------------------------------------
@@ -244,7 +213,7 @@ def _pull(dask_pull: Callable, config: RepoConfig, data_source: DataSource,
     source = _check_source(data_source, "data_source")
     job = dask_pull(config, source, join_key_columns, feature_name_columns, *rest)
     hint = {c: pa.null() for c in join_key_columns + feature_name_columns}
-    return _with_reader(job, _reader(config, {source.name: hint}))
+    return with_reader(job, _reader(config, {source.name: hint}))
 
 
 class ParquetFolderOfflineStore(DaskOfflineStore):
@@ -273,7 +242,7 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
             filter_by_created_timestamp=filter_by_created_timestamp,
             **kwargs,
         )
-        return _with_reader(job, _reader(config, hints))
+        return with_reader(job, _reader(config, hints))
 
     @staticmethod
     def pull_latest_from_table_or_query(

@@ -172,7 +172,7 @@ def entity_keys_bytes(
     ]
 
 
-def _entity_key_bytes(entity_key: EntityKeyProto, version: int) -> bytes:
+def entity_key_bytes(entity_key: EntityKeyProto, version: int) -> bytes:
     """`serialize_entity_key`, with a shortcut for one string join key (v3)."""
     if version >= 3 and len(entity_key.join_keys) == 1:
         value = entity_key.entity_values[0]

@@ -1,5 +1,4 @@
-"""Per-key window state: shared slide panes for sliding/tumbling features, sessions for
-session features.
+"""Per-key window state of sliding and tumbling features: shared slide panes.
 
 Why panes: a 24 h window sliding by 1 min would put each event into 1440 windows (what
 Bytewax's SlidingWindower does). Here each event updates one pane per feature group, and
@@ -21,22 +20,11 @@ the only out-of-order writes are late-but-allowed corrections, which rebuild the
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from feast_bytewax.features.aggregators import Aggregator
 from feast_bytewax.engine.monotonic import MonoQueue, mono_insert, mono_push
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One feature inside a group: its vector slot, aggregator, input getter, window."""
-
-    slot: int
-    agg: Aggregator
-    get: Callable[[Any], Any]
-    n_panes: int  # window / slide for sliding features; 0 for sessions
+from feast_bytewax.engine.state import Member
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +44,9 @@ class SlidingGroup:
     def new_state(self) -> SlidingState:
         return SlidingState(self)
 
-
-@dataclass(frozen=True, slots=True)
-class SessionGroup:
-    """Compiled description of session features sharing a filter and a gap."""
-
-    gid: int
-    gap: int
-    members: tuple[Member, ...]
-
-    def new_state(self) -> SessionState:
-        return SessionState(self)
+    @property
+    def identity(self) -> tuple:
+        return ("sliding", self.slide, tuple(m.identity for m in self.members))
 
 
 class SlidingState:
@@ -89,6 +69,21 @@ class SlidingState:
             m += [0, MonoQueue() if mono else mem.agg.empty(), None, 0]
         self.m = m
         self.timer_at: int | None = None
+
+    def remapped(self, group: SlidingGroup, member_map: list[int | None]) -> SlidingState:
+        """This state under a changed definition of its group: member i of `group` takes the
+        state of old member `member_map[i]`; a new member (None) starts empty."""
+        new = SlidingState.__new__(SlidingState)
+        m: list = []
+        for mem, mono, j in zip(group.members, group.mono, member_map, strict=True):
+            m += (self.m[4 * j:4 * j + 4] if j is not None
+                  else [0, MonoQueue() if mono else mem.agg.empty(), None, 0])
+        new.m = m
+        new.panes = [[p[0], *(p[j + 1] if j is not None else mem.agg.empty()
+                              for mem, j in zip(group.members, member_map, strict=True))]
+                     for p in self.panes]
+        new.timer_at = self.timer_at
+        return new
 
     # -- reads ---------------------------------------------------------------------------
     def value(self, group: SlidingGroup, i: int) -> Any:
@@ -119,7 +114,7 @@ class SlidingState:
     def _mono_flags(self) -> list[bool]:
         return [type(self.m[4 * i + 1]) is MonoQueue for i in range(len(self.m) // 4)]
 
-    def next_eviction(self, group: SlidingGroup) -> int | None:
+    def next_wakeup(self, group: SlidingGroup, now: int, lateness: int) -> int | None:
         """Earliest boundary at which some member's oldest pane leaves its window."""
         panes, m, best = self.panes, self.m, None
         for i, mem in enumerate(group.members):
@@ -174,6 +169,10 @@ class SlidingState:
                 m[b + 1], m[b + 2], m[b + 3] = agg.empty(), None, last + 1
         panes.append([q, *(mem.agg.empty() for mem in group.members)])
 
+    def expire(self, group: SlidingGroup, t: int, lateness: int) -> None:
+        """A wake-up at boundary t: the panes whose window ended leave it."""
+        self.evict_until(group, t)
+
     def evict_until(self, group: SlidingGroup, t: int) -> bool:
         """Drop from each member's window the panes whose window ends at or before t."""
         panes, m, changed = self.panes, self.m, False
@@ -226,7 +225,7 @@ class SlidingState:
                 m[4 * i] -= head
                 m[4 * i + 3] = max(m[4 * i + 3] - head, 0)
 
-    def correct(self, group: SlidingGroup, ev: Any, t: int, now: int) -> bool:
+    def correct(self, group: SlidingGroup, ev: Any, t: int, now: int, lateness: int) -> bool:
         """Apply a late event (t <= now) as of `now`; False when it is outside every window.
 
         Usually its pane still exists: the value goes into the pane and into whatever
@@ -284,78 +283,3 @@ class SlidingState:
         self._compact()
 
 
-class SessionState:
-    """Sessions of one key for one `SessionGroup`: flat lists `[start, end, ir_0, ...]`.
-
-    Only the newest session can be open; closed ones are kept while a late-but-allowed
-    event could still bridge into them (the engine prunes them).
-    """
-
-    __slots__ = ("sessions", "timer_at")
-
-    def __init__(self, group: SessionGroup) -> None:
-        self.sessions: list[list] = []
-        self.timer_at: int | None = None
-
-    def value(self, group: SessionGroup, i: int, now: int) -> Any:
-        s = self.sessions
-        m = group.members[i]
-        if s and now - s[-1][1] < group.gap:
-            return m.agg.result(s[-1][i + 2])
-        return m.agg.empty_value
-
-    def is_empty(self) -> bool:
-        return not self.sessions
-
-    def next_wakeup(self, group: SessionGroup, now: int, lateness: int) -> int | None:
-        """The open session's expiry, or else when the oldest kept session can be forgotten."""
-        s = self.sessions
-        if not s:
-            return None
-        expiry = s[-1][1] + group.gap
-        if expiry > now:
-            return expiry
-        return s[0][1] + group.gap + lateness
-
-    def fill(self, group: SessionGroup, vals: list, now: int) -> None:
-        """Write every member's value as of `now` into its slot of the key's vector."""
-        s = self.sessions
-        live = s and now - s[-1][1] < group.gap
-        for i, m in enumerate(group.members):
-            vals[m.slot] = m.agg.result(s[-1][i + 2]) if live else m.agg.empty_value
-
-    def add(self, group: SessionGroup, ev: Any, t: int) -> bool:
-        """Fold an in-order event in; True when it started a new session."""
-        s = self.sessions
-        started = not (s and t - s[-1][1] < group.gap)
-        if started:
-            cur = [t, t, *(m.agg.empty() for m in group.members)]
-            s.append(cur)
-        else:
-            cur = s[-1]
-            cur[1] = t
-        for i, m in enumerate(group.members):
-            cur[i + 2] = m.agg.update(cur[i + 2], m.get(ev))
-        return started
-
-    def correct(self, group: SessionGroup, ev: Any, t: int) -> None:
-        """Insert a late event, merging every session it lies within the gap of."""
-        gap = group.gap
-        new = [t, t, *(m.agg.update(m.agg.empty(), m.get(ev)) for m in group.members)]
-        keep = []
-        for s in self.sessions:
-            if s[0] - new[1] < gap and new[0] - s[1] < gap:
-                new[0], new[1] = min(new[0], s[0]), max(new[1], s[1])
-                for i, m in enumerate(group.members):
-                    new[i + 2] = m.agg.merge(new[i + 2], s[i + 2])
-            else:
-                keep.append(s)
-        keep.append(new)
-        keep.sort(key=lambda s: s[0])
-        self.sessions = keep
-
-    def prune(self, group: SessionGroup, now: int, lateness: int) -> None:
-        """Forget sessions no allowed-late event can reach any more."""
-        s = self.sessions
-        while s and s[0][1] + group.gap + lateness <= now:
-            s.pop(0)

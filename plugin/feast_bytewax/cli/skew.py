@@ -1,0 +1,29 @@
+"""`feast-bytewax skew`: recompute every feature in DuckDB from the raw event log (SQL
+generated from the same definitions, not the streaming engine), compare with the offline
+rows and the logged served vectors, write a JSON + HTML report; exits 1 above
+--max-mismatch-rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from feast_bytewax.cli.options import given, model_options
+from feast_bytewax.config import SkewConfig, load
+from feast_bytewax.dataflow.replay import events_path
+from feast_bytewax.dataflow.repo import open_store
+from feast_bytewax.features.spec import load_flow_spec
+from feast_bytewax.skew.report import run_skew
+
+
+@click.command("skew", help=__doc__)
+@model_options(SkewConfig)
+@click.pass_context
+def command(ctx: click.Context, **_: object) -> int:
+    cfg = load(SkewConfig, **given(ctx, SkewConfig))
+    store = open_store(cfg.repo)
+    events = cfg.events or events_path(cfg, load_flow_spec(store))
+    code, summary = run_skew(cfg, store, str(Path(events)) if "://" not in events else events)
+    click.echo(summary)
+    ctx.exit(code)
