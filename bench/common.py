@@ -20,6 +20,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from feast_bytewax.config import FlowConfig
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.ingest.files import EventFileSource
 from feast_bytewax.ingest.validate import validate_item
 from feast_bytewax.records import Event
 from feast_bytewax.timeutil import US_PER_S, utc_now_us
@@ -35,8 +36,6 @@ def load_spec(path: str | Path) -> EngineSpec:
 def iter_validated(path: str | Path, batch_size: int = BATCH) -> Iterator[list[Event]]:
     """The events file through the same source partition and validator the dataflow uses,
     as lists of valid `Event`s (rejections are impossible for generated parquet)."""
-    from feast_bytewax.ingest.files import EventFileSource
-
     src = EventFileSource(path, batch_size=batch_size)
     part = src.build_part("bench", src.list_parts()[0], None)
     max_future = round(FlowConfig().max_future * US_PER_S)

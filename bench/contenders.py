@@ -1,7 +1,9 @@
 """One contender per process: `python -m bench.contenders NAME --events F --spec S --out J`.
 
 Each writes a JSON result (events, seconds, outputs, state measurements, VmHWM); the parent
-(run_bench.py) adds the child's ru_maxrss from wait4.
+(run_bench.py) adds the child's peak RSS. Nothing imported here loads Feast, so a
+contender's peak RSS holds only what it needs; the replay into Feast (which does load it)
+is its own module, `bench.feast_replay`, run the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from bytewax.run import cli_main
+
+import feast_bytewax
+from bench.baseline_windows import BuiltinKeyState, build_baseline_flow
 from bench.common import (
     BATCH,
     CountingSink,
@@ -29,7 +36,14 @@ from bench.common import (
     vm_status,
 )
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.dataflow.replay import gc_frozen
+from feast_bytewax.dataflow.flow import build_flow, engine_config, make_validator
+from feast_bytewax.dataflow.runtime import gc_frozen
+from feast_bytewax.engine.routing import shard_of
+from feast_bytewax.engine.shard import ShardEngine
+from feast_bytewax.features.spec import FlowSpec
+from feast_bytewax.ingest.files import EventFileSource
+from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.records import FeatureRow
 from feast_bytewax.timeutil import US_PER_S
 
 
@@ -43,6 +57,7 @@ def spec_without(spec, skip):
 
 
 CFG = FlowConfig()  # shards 32, watermark delay 5 s, allowed lateness 600 s, batch 1000
+ENGINE_CFG = engine_config(CFG)  # replay: event time only (no wall clock)
 DELAY_US = round(CFG.watermark_delay * US_PER_S)
 
 
@@ -54,8 +69,6 @@ def _cpu() -> float:
 
 def _run_flow(flow, epoch_s: float) -> tuple[float, float]:
     """Run a dataflow on one worker; (wall seconds, CPU seconds)."""
-    from bytewax.run import cli_main
-
     t0, c0 = time.perf_counter(), _cpu()
     with gc_frozen():
         cli_main(flow, workers_per_process=1, epoch_interval=timedelta(seconds=epoch_s))
@@ -69,13 +82,9 @@ def ours_step(args) -> dict[str, Any]:
     dataflow) each batch is split by `routing.shard_of` and each shard's part goes to its
     own engine, as `stateful_batch` would; `--shards 1` is one engine owning every key.
     Timed: `ingest` and the final `finish` calls only (validation and routing are not)."""
-    from feast_bytewax.engine.routing import shard_of
-    from feast_bytewax.engine.shard import ShardEngine
-    from feast_bytewax.records import FeatureRow
-
     spec = spec_without(load_spec(args.spec), args.skip)
     shards = args.shards
-    engines = [ShardEngine(spec, CFG.engine_config(None)) for _ in range(shards)]
+    engines = [ShardEngine(spec, ENGINE_CFG) for _ in range(shards)]
     n = rows = late = 0
     busy = cpu = 0.0
     rss0 = rss()
@@ -195,10 +204,6 @@ def breakdown_ours(engines, median: float | None) -> dict[str, Any]:
 
 # -- (c) ours: the full dataflow on one worker -------------------------------------------------
 def ours_flow(args) -> dict[str, Any]:
-    from feast_bytewax.dataflow.flow import build_flow
-    from feast_bytewax.ingest.files import EventFileSource
-    from feast_bytewax.observability.stats import FlowStats
-
     spec = spec_without(load_spec(args.spec), args.skip)
     stats = FlowStats()
     rows = CountingSink()
@@ -215,19 +220,14 @@ def ours_flow(args) -> dict[str, Any]:
 
 # -- (a) baseline: built-in windowing operators in a dataflow ---------------------------------
 def baseline_flow(args) -> dict[str, Any]:
-    from bench.baseline_windows import build_baseline_flow
-    from feast_bytewax.dataflow.flow import make_validator
-    from feast_bytewax.ingest.files import EventFileSource
-    from feast_bytewax.observability.stats import FlowStats
-
     spec = load_spec(args.spec)
     skip = tuple(args.skip)
     stats = FlowStats()
     results = CountingSink(lambda kv: kv[1][0])
     lates, rejected = CountingSink(), CountingSink()
+    validator = make_validator(CFG, stats, FlowSpec((spec,)))
     flow = build_baseline_flow(EventFileSource(args.events, batch_size=BATCH), spec,
-                               make_validator(CFG, stats), results, lates, rejected, DELAY_US,
-                               skip)
+                               validator, results, lates, rejected, DELAY_US, skip)
     seconds, cpu = _run_flow(flow, args.epoch)
     return {"events": stats.consumed, "seconds": seconds, "cpu_seconds": cpu, "rows": results.n,
             "rows_by_feature": results.by_kind, "late": lates.n, "rejected": rejected.n,
@@ -236,8 +236,6 @@ def baseline_flow(args) -> dict[str, Any]:
 
 # -- (a') the built-in logic classes driven directly: step throughput and per-key state -------
 def baseline_logic(args) -> dict[str, Any]:
-    from bench.baseline_windows import BuiltinKeyState
-
     spec = load_spec(args.spec)
     skip = tuple(args.skip)
     bks = BuiltinKeyState(spec, DELAY_US, skip)
@@ -315,37 +313,7 @@ def _logic_size(logic, seen: set[int]) -> int:
     return deep_size(logic, seen)
 
 
-# -- (d) ours: replay into Feast's embedded stores ---------------------------------------------
-def feast_replay(args) -> dict[str, Any]:
-    """`feast_bytewax.dataflow.replay.run_replay` (the `feast-bytewax replay` command) into a copy of
-    the repo (sqlite online store, parquet-folder offline store) under bench/out. Timed: the
-    replay only (`feast apply` is reported apart)."""
-    import os
-    import warnings
-    from pathlib import Path
-
-    from feast_bytewax.dataflow.replay import apply_repo, run_replay
-
-    warnings.filterwarnings("ignore", message="Stream feature views are experimental")
-    repo = Path(args.repo).resolve()
-    events = Path(args.events).resolve()
-    os.chdir(repo)  # relative store paths land in the copy, never in the project's data/
-    t0 = time.perf_counter()
-    apply_repo(repo)
-    apply_s = time.perf_counter() - t0
-    c0 = _cpu()
-    res = run_replay(FlowConfig(repo=repo), events, workers=1)
-    cpu = _cpu() - c0
-    st = res.stats
-    assert st.balanced(), st.summary()
-    return {"events": st.consumed, "seconds": res.seconds, "cpu_seconds": cpu, "rows": st.rows,
-            "rows_offline": st.rows_offline, "rows_online": st.rows_online,
-            "late": st.late, "corrections": st.corrections, "apply_seconds": apply_s,
-            "summary": st.summary()}
-
-
-CONTENDERS = {
-    "feast_replay": feast_replay,
+CONTENDERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "ours_step": ours_step,
     "ours_flow": ours_flow,
     "baseline_flow": baseline_flow,
@@ -353,9 +321,10 @@ CONTENDERS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,
+         contenders: dict[str, Callable[[Any], dict[str, Any]]] = CONTENDERS) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("contender", choices=sorted(CONTENDERS))
+    p.add_argument("contender", choices=sorted(contenders))
     p.add_argument("--events", required=True)
     p.add_argument("--spec", required=True)
     p.add_argument("--out", required=True)
@@ -368,9 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-keys", type=int, default=400,
                    help="baseline: keys whose state is walked (random sample)")
     args = p.parse_args(argv)
-    result = CONTENDERS[args.contender](args)
-    import feast_bytewax
-
+    result = contenders[args.contender](args)
     result["contender"] = args.contender
     result["feast_bytewax"] = feast_bytewax.__file__
     result["input"] = args.events

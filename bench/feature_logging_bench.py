@@ -34,6 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from feast_bytewax.config import ReplayConfig
+from feast_bytewax.dataflow.replay import run_replay
+from feast_bytewax.dataflow.repo import apply_repo
+from feast_bytewax.datagen.generate import write_events
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "user_fraud_features"
 LOGGING_YAML = "\nprovider: feast_bytewax.stores.feature_logging.LoggingProvider\n"
@@ -41,16 +46,15 @@ LOGGING_YAML = "\nprovider: feast_bytewax.stores.feature_logging.LoggingProvider
 
 def build_repo(base: Path, events: int, users: int) -> tuple[Path, Path]:
     """(plain repo, yaml with the logging provider) sharing one registry and online store."""
-    sys.path.insert(0, str(ROOT))
-    from feast_bytewax.config import FlowConfig
-    from feast_bytewax.dataflow.replay import run_replay
-    from feast_bytewax.datagen.generate import write_events
-    from tests.conftest import make_feast_repo
-
-    repo = make_feast_repo(base / "repo")
+    repo = base / "repo"
+    repo.mkdir(parents=True)
+    shutil.copy(ROOT / "feature_store.yaml", repo / "feature_store.yaml")
+    shutil.copytree(ROOT / "feast_repo", repo / "feast_repo",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    apply_repo(repo)
     start = (datetime.now(UTC) - timedelta(hours=25)).replace(microsecond=0)
     write_events(repo / "data/events.parquet", events, users, seed=3, start=start)
-    run_replay(FlowConfig(repo=repo), repo / "data/events.parquet")
+    run_replay(ReplayConfig(repo=repo, events=str(repo / "data/events.parquet")))
     text = (repo / "feature_store.yaml").read_text().replace("provider: local\n", "")
     logging_dir = base / "logging"
     logging_dir.mkdir()

@@ -19,8 +19,9 @@ Everything runs on this machine and is started and stopped here:
 - Feast: a temp repo configured like feature_store.redis.yaml (FastRedisProvider +
   FastRedisOnlineStore on that server; the parquet-folder offline store, in the temp dir).
 
-Runs, each on its own topic; the flow is `feast_bytewax.dataflow.live.build_live_flow` run by Bytewax's
-`cli_main` with ONE worker (as `feast-bytewax run` does; epoch 2 s, recovery off):
+Runs, each on its own topic; the flow is `feast_bytewax.dataflow.live.build_live_flow` run
+by Bytewax's `cli_main` with ONE worker (as `feast-bytewax run` does; epoch 2 s, recovery
+off):
 
 1. **max** (`--max-repeat` times): `--events` events pre-produced, stamped `--stamp-rate`
    (50k) events per second of event time ending now, then consumed as fast as possible.
@@ -29,8 +30,9 @@ Runs, each on its own topic; the flow is `feast_bytewax.dataflow.live.build_live
    paces R events/s for `--rate-seconds`, each stamped with the wall clock when produced
    (produced live); it starts when the flow first polls Kafka. Freshness = the wall time
    a row became readable in Redis (the sink's flush returned) minus its event time, for
-   the latest row per key of every flush (`live.FreshnessRecorder`, every sample kept),
-   after `--warmup` seconds. Backlog = events offered so far - events read.
+   the latest row per key of every flush (`observability.freshness.FreshnessRecorder`,
+   every sample kept), after `--warmup` seconds. Backlog = events offered so far - events
+   read.
 3. **baseline**: `--baseline-events` events read from Kafka by a plain consumer; per event a
    naive feature computation (the user's five features recomputed from their kept history)
    and one `store.push(push_source, one-row frame, to=ONLINE_AND_OFFLINE)`; then, for
@@ -362,25 +364,39 @@ class CpuBudget:
 
 
 class FreshnessSamples:
-    """Stands in for the SLO monitor of `live.FreshnessRecorder`: keeps every sample."""
+    """Every freshness sample of a phase, with the time it was taken: while the `with` block
+    runs, taps `observe` of the freshness histogram the flow's `FreshnessRecorder` feeds
+    (readable wall time - row time, for the latest row per key of every flush), so the bench
+    reads exactly what the SLO alert and Prometheus read, unbucketed."""
 
-    def __init__(self) -> None:
-        self.chunks: list[tuple[float, np.ndarray]] = []
+    def __init__(self, histogram) -> None:
+        self.histogram = histogram
+        self.times: list[float] = []
+        self.vals: list[float] = []
         self.lock = threading.Lock()
 
-    def observe(self, values) -> None:
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.size:
-            with self.lock:
-                self.chunks.append((time.perf_counter(), arr))
+    def __enter__(self) -> FreshnessSamples:
+        original = self.histogram.observe
 
-    def check(self) -> bool:
-        return False
+        def observe(value: float, *a, **k):
+            with self.lock:
+                self.times.append(time.perf_counter())
+                self.vals.append(value)
+            return original(value, *a, **k)
+
+        self.histogram.observe = observe  # an instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.histogram.observe
+
+    def samples(self) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            return np.array(self.times), np.array(self.vals, dtype=np.float64)
 
     def values(self, after: float | None = None) -> np.ndarray:
-        with self.lock:
-            keep = [a for t, a in self.chunks if after is None or t >= after]
-        return np.concatenate(keep) if keep else np.empty(0)
+        t, v = self.samples()
+        return v if after is None else v[t >= after]
 
 
 def quantiles(v: np.ndarray) -> dict[str, float | None]:
@@ -394,23 +410,24 @@ def quantiles(v: np.ndarray) -> dict[str, float | None]:
 def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, args,
               producer: subprocess.Popen | None = None, pyspy_out: Path | None = None) -> dict:
     """One live run over `topic` until `n` records are read; samples progress every 0.1 s."""
+    # imported here, not at the top: main() first pins which feast_bytewax is measured
     from bytewax.run import cli_main
 
-    from feast_bytewax.config import FlowConfig
-    from feast_bytewax.dataflow.live import LiveOptions, build_live_flow
-    from feast_bytewax.dataflow.replay import gc_frozen
-    from feast_bytewax.observability.metrics import KAFKA_LAG, FlowStats
+    from feast_bytewax.config import LiveConfig
+    from feast_bytewax.dataflow.live import build_live_flow
+    from feast_bytewax.dataflow.runtime import gc_frozen
+    from feast_bytewax.observability.metrics import FRESHNESS_SECONDS, KAFKA_LAG
+    from feast_bytewax.observability.stats import FlowStats
 
-    cfg = FlowConfig(repo=repo, watermark_delay=args.delay,
-                     flush_interval=args.flush, batch_size=args.batch_size,
-                     dead_letter_path=repo / "data" / f"dead-{name}.jsonl")
-    opts = LiveOptions(source=f"kafka://{broker.bootstrap}/{topic}", cfg=cfg,
-                       max_events=n, idle_exit_s=args.idle_exit,
-                       epoch_interval_s=args.epoch,
-                       kafka_options=dict(o.split("=", 1) for o in args.kafka_option))
+    cfg = LiveConfig(repo=repo, source=f"kafka://{broker.bootstrap}/{topic}",
+                     watermark_delay=args.delay, flush_interval=args.flush,
+                     batch_size=args.batch_size,
+                     dead_letters=repo / "data" / f"dead-{name}.jsonl",
+                     max_events=n, idle_exit=args.idle_exit, epoch_interval=args.epoch,
+                     kafka_option=tuple(args.kafka_option))
     stats = FlowStats()
-    fresh = FreshnessSamples()
-    flow, parts = build_live_flow(opts, stats, fresh, spec)
+    fresh = FreshnessSamples(FRESHNESS_SECONDS)
+    flow, parts = build_live_flow(cfg, stats, spec)
     samples: list[tuple[float, int, int, float, float, int, int]] = []
     worker = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
 
@@ -462,7 +479,7 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     cpu0, t0 = time.process_time(), time.perf_counter()
     ticker.start()
     try:
-        with gc_frozen():
+        with fresh, gc_frozen():
             cli_main(flow, workers_per_process=1,
                      epoch_interval=timedelta(seconds=args.epoch))
     finally:
@@ -524,13 +541,11 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
         out["go_to_first_s"] = round(first - go, 3)
         warm = go + args.warmup
         out["freshness_after_warmup"] = quantiles(fresh.values(after=warm))
-        by_second: dict[int, list] = {}
-        with fresh.lock:
-            for t, arr in fresh.chunks:
-                by_second.setdefault(int(t - go), []).append(arr)
+        times, vals = fresh.samples()
+        secs = np.floor(times - go).astype(np.int64) if times.size else times
         out["freshness_by_second"] = [
-            [sec, int(v.size), round(float(np.median(v)), 3), round(float(v.max()), 3)]
-            for sec, parts in sorted(by_second.items()) for v in [np.concatenate(parts)]]
+            [int(sec), int(v.size), round(float(np.median(v)), 3), round(float(v.max()), 3)]
+            for sec in np.unique(secs) for v in [vals[secs == sec]]]
         # lag in events: offered so far (rate x time) - consumed, sampled
         out["_go"] = go
         out["_samples"] = samples
@@ -720,19 +735,23 @@ def _evalsha_calls() -> int:
 # py-spy profile: time per part of the flow
 # ---------------------------------------------------------------------------------------
 
-# Frames are scanned from the leaf up; the first one matching a part names the sample.
+# Frames are scanned from the leaf up; the first one matching a part names the sample (parts
+# in this order: routing before the engine folder it lives in).
 PARTS = (
-    ("source (Kafka)", ("feast_bytewax/kafka.py", "bytewax/connectors/kafka",
+    ("source (Kafka)", ("feast_bytewax/kafka/", "bytewax/connectors/kafka",
                         "confluent_kafka")),
-    ("validate", ("feast_bytewax/validate.py", "make_validator")),
-    ("engine (feature step)", ("feast_bytewax/engine.py", "feast_bytewax/panes.py",
-                               "feast_bytewax/aggregators.py", "feast_bytewax/step.py",
-                               "feast_bytewax/sketches.py")),
-    ("sink (Feast -> Redis + parquet)", ("feast_bytewax/sinks.py", "feast_bytewax/writer.py",
-                                         "feast_bytewax/stores/", "ObservedFeastWriter")),
-    ("freshness recorder", ("FreshnessRecorder", "FreshnessSamples")),
-    ("counters (FlowStats)", ("feast_bytewax/metrics.py",)),
-    ("routing / branch lambdas", ("feast_bytewax/flow.py", "feast_bytewax/routing.py")),
+    ("validate", ("feast_bytewax/ingest/validate.py", "make_validator")),
+    ("routing / branch lambdas", ("feast_bytewax/dataflow/flow.py",
+                                  "feast_bytewax/engine/routing.py")),
+    ("engine (feature step)", ("feast_bytewax/engine/", "feast_bytewax/features/aggregators.py",
+                               "feast_bytewax/features/sketches.py",
+                               "feast_bytewax/dataflow/step.py")),
+    ("sink (Feast -> Redis + parquet)", ("feast_bytewax/dataflow/feast_sink.py",
+                                         "feast_bytewax/dataflow/writer.py",
+                                         "feast_bytewax/stores/")),
+    ("freshness recorder", ("feast_bytewax/observability/freshness.py", "FreshnessSamples")),
+    ("counters (FlowStats)", ("feast_bytewax/observability/stats.py",
+                              "feast_bytewax/observability/metrics.py", "prometheus_client")),
     ("bytewax operators (Python side)", ("/bytewax/",)),
 )
 RUST = "bytewax runtime (Rust: scheduling, exchange; leaf = cli_main's caller)"
@@ -889,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kafka_option is None:
         args.kafka_option = ["fetch.wait.max.ms=10"]
+    if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+        p.error("--profile needs py-spy next to this interpreter (.venv/bin/pip install py-spy)")
 
     sys.path.insert(0, str(ROOT))
     from bench.run_bench import pin_source
@@ -899,8 +920,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rev and not Path(feast_bytewax.__file__).resolve().is_relative_to(
             ROOT / "plugin"):
         code = f"feast_bytewax from {Path(feast_bytewax.__file__).parent} (PYTHONPATH)"
-    from feast_bytewax.dataflow.replay import apply_repo, open_store
-    from feast_bytewax.features.spec import load_spec
+    from feast_bytewax.dataflow.repo import apply_repo
     from tests.e2e.repos import copy_repo
     from tests.services import running_redis
 
@@ -915,8 +935,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["FEAST_REDIS"] = redis_server.connection_string
             repo = copy_repo(Path(tmp) / "repo",
                              (ROOT / "feature_store.redis.yaml").read_text())
-            apply_repo(repo)
-            spec = load_spec(open_store(repo))
+            spec = apply_repo(repo)  # the compiled FlowSpec of every entity
             _REDIS_CLIENT.append(redis_server.client())
             print(f"mock Kafka {broker.bootstrap}, redis {redis_server.connection_string}, "
                   f"repo {repo}", flush=True)

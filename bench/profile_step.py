@@ -16,8 +16,16 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from bench.common import CountingSink, gc_frozen, iter_validated, load_spec
-from bench.contenders import CFG
+from bytewax.testing import run_main
+
+from bench.common import CountingSink, iter_validated, load_spec
+from bench.contenders import CFG, ENGINE_CFG
+from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.dataflow.runtime import gc_frozen
+from feast_bytewax.engine.routing import shard_of
+from feast_bytewax.engine.shard import ShardEngine
+from feast_bytewax.ingest.files import EventFileSource
+from feast_bytewax.observability.stats import FlowStats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_spec(args.spec)
     prof = cProfile.Profile()
     if args.flow:
-        from bytewax.testing import run_main
-
-        from feast_bytewax.dataflow.flow import build_flow
-        from feast_bytewax.ingest.files import EventFileSource
-        from feast_bytewax.observability.stats import FlowStats
-
         stats = FlowStats()
         flow = build_flow("profile", CFG, spec, EventFileSource(args.events), CountingSink(),
                           CountingSink(), stats)
@@ -49,10 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             prof.disable()
         print(stats.summary())
     else:
-        from feast_bytewax.engine.routing import shard_of
-        from feast_bytewax.engine.shard import ShardEngine
-
-        engines = [ShardEngine(spec, CFG.engine_config(None)) for _ in range(args.shards)]
+        engines = [ShardEngine(spec, ENGINE_CFG) for _ in range(args.shards)]
         work = []
         for batch in iter_validated(args.events):
             parts: list[list] = [[] for _ in engines]

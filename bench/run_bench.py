@@ -49,6 +49,7 @@ class Run:
     extra: tuple[str, ...] = ()
     ref: str | None = None  # rid whose events/s this run's ratio divides by
     note: str = ""
+    module: str = "bench.contenders"  # the child: `python -m MODULE CONTENDER ...`
     result: dict[str, Any] = field(default_factory=dict)
     status: str = "not run"
     maxrss: int | None = None  # bytes
@@ -94,22 +95,34 @@ def _git(*args: str) -> str:
                           text=True).stdout.strip()
 
 
+def export_rev(rev: str, out: Path, paths: tuple[str, ...] = ("plugin",)) -> tuple[str, Path]:
+    """`git archive` `paths` of commit `rev` into OUT/src-SHA (once; reused by later runs).
+    Returns (short sha, that folder): OUT/src-SHA/plugin is what goes on PYTHONPATH."""
+    sha = _git("rev-parse", "--short", f"{rev}^{{commit}}")
+    dest = out / f"src-{sha}"
+    missing = [p for p in paths if not (dest / p).exists()]
+    if missing:
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, *missing], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    if "plugin" in paths and not (dest / "plugin" / "feast_bytewax").is_dir():
+        raise SystemExit(f"{rev} ({sha}) has no plugin/feast_bytewax")
+    return sha, dest
+
+
 def pin_source(args) -> str:
     """Which feast_bytewax is measured. With --rev, plugin/ of that commit is exported to
     bench/out/src-SHA and put first on sys.path (here) and PYTHONPATH (children), so edits
-    other people make to the working tree during a run cannot leak into the figures."""
+    other people make to the working tree during a run cannot leak into the figures.
+    (So nothing of feast_bytewax may be imported before this runs: the parent's imports of
+    it are inside the functions that need them.)"""
     if not args.rev:
         dirty = _git("status", "--porcelain", "--", "plugin")
         head = _git("rev-parse", "--short", "HEAD")
         return (f"the working tree at {head}"
                 + (" with uncommitted changes in plugin/" if dirty else ", plugin/ clean"))
-    sha = _git("rev-parse", "--short", args.rev)
-    dest = args.out / f"src-{sha}"
-    if not (dest / "plugin" / "feast_bytewax").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", sha, "plugin"], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    sha, dest = export_rev(args.rev, args.out)
     src = str((dest / "plugin").resolve())
     sys.path.insert(0, src)
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -132,7 +145,7 @@ def _vm_rss(pid: int) -> int:
 def run_child(run: Run, spec: Path, out: Path, args) -> None:
     res = out / f"result_{run.rid}.json"
     res.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.contenders", run.contender, "--events",
+    cmd = [sys.executable, "-m", run.module, run.contender, "--events",
            str(run.events_file.resolve()), "--spec", str(spec.resolve()), "--out",
            str(res.resolve()), "--epoch",
            str(args.epoch), *(("--skip", *run.skip) if run.skip else ()), *run.extra]
@@ -425,6 +438,7 @@ def plan(args, spec_names: tuple[str, ...], full: Path, prefix: Path, feast_repo
     if feast_repo is not None:
         runs.append(Run("D1", "ours, replay into Feast (sqlite + parquet)", "feast_replay",
                         full, ref="A1", extra=("--repo", str(feast_repo)),
+                        module="bench.feast_replay",
                         note="`run_replay`: dataflow + FeastSink writing every row offline "
                              "and the latest per key online"))
     names = set(spec_names)
