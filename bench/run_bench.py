@@ -90,6 +90,19 @@ def compile_spec(out: Path) -> Path:
     return path
 
 
+def uptime() -> str:
+    """`uptime` (its load averages say how busy the shared machine was)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def load_avg(text: str) -> str:
+    return text.rsplit("load average:", 1)[-1].strip()
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout.strip()
@@ -254,7 +267,9 @@ def render(runs: list[Run], info: dict, args, started: str, total_s: float) -> s
         f"{os.cpu_count()} cores shared with other jobs (noisy; read ratios and orders of "
         f"magnitude), Python {platform.python_version()}, bytewax 0.21.1, one worker, "
         f"epoch {args.epoch:g} s, the runner's GC settings (freeze + threshold 50000) for "
-        "every contender.",
+        "every contender."
+        + (f" Load average (`uptime`) before: {load_avg(info['load_before'])}; after: "
+           f"{load_avg(info['load_after'])}." if info.get("load_before") else ""),
         "",
         "Code measured: feast_bytewax from "
         f"{info.get('source', '?').replace(str(ROOT) + '/', '')}.",
@@ -505,11 +520,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.render_only:
         return render_only(args)
+    load_before = uptime()
     t_start = time.perf_counter()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     args.out.mkdir(parents=True, exist_ok=True)
     source = pin_source(args)
-    print(f"measuring feast_bytewax from {source}", flush=True)
+    print(f"{load_before}\nmeasuring feast_bytewax from {source}", flush=True)
     info = make_inputs(args.out, args.events, args.users, args.seed, args.prefix)
     print(f"events: {info['rows']:,} rows, {info['users']:,} users -> {info['path']} "
           f"({info['seconds']:.1f} s); prefix {info['prefix_path']}", flush=True)
@@ -523,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         run_child(r, spec_path, args.out, args)
     total = time.perf_counter() - t_start
-    info["source"] = source
+    info.update(source=source, load_before=load_before, load_after=uptime())
     (args.out / "results.json").write_text(json.dumps({
         "info": info, "started": started, "total": total, "names": names,
         "runs": [{"rid": r.rid, "status": r.status, "maxrss": r.maxrss, "result": r.result}
