@@ -77,9 +77,6 @@ class EventTimeConfig(RepoSettings):
 
     model_config = _settings()
 
-    shards: int = Field(32, ge=1, le=4096,
-                        description="routing shards of each entity (Bytewax keys); fixed so "
-                                    "results do not depend on the worker count")
     watermark_delay: float = Field(
         5.0, ge=0, description="bounded out-of-orderness per input partition, seconds "
                                "(default: the event stream's KafkaSource, else 5)")
@@ -96,6 +93,9 @@ class FlowConfig(EventTimeConfig):
 
     model_config = _settings()
 
+    shards: int = Field(32, ge=1, le=4096,
+                        description="routing shards of each entity (Bytewax keys): spreads "
+                                    "keys over workers; results do not depend on it")
     batch_size: int = Field(1000, ge=1, description="records per source read")
     flush_rows: int = Field(10_000, ge=1, description="sink flush when this many rows wait")
     flush_interval: float = Field(1.0, gt=0, description="sink flush at least this often, s")
@@ -105,6 +105,16 @@ class FlowConfig(EventTimeConfig):
                                description="rejected and late records, JSON lines (relative "
                                            "to --repo)")
     workers: int = Field(1, ge=1, le=64, description="Bytewax worker threads in this process")
+    max_ahead: float = Field(3600.0, gt=0,
+                             description="an event this far ahead of its partition's event "
+                                         "time is held as a possible outlier (one bad clock) "
+                                         "instead of moving the watermark, seconds")
+    max_skew: float = Field(60.0, gt=0,
+                            description="how far (event time) an input partition may read "
+                                        "ahead of the slowest one in this process, seconds")
+    idle_timeout: float = Field(5.0, gt=0,
+                                description="live runs: a partition that reads nothing this "
+                                            "long stops holding the watermark back, seconds")
 
     @property
     def dead_letter_file(self) -> Path:

@@ -20,10 +20,16 @@ EVENT_FIELDS = ("event_id", "user_id", "event_type", "amount", "category", "even
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Event:
     """A validated event. `event_timestamp` is epoch microseconds, UTC. `extra` holds the
-    declared extra columns (None when the schema has none)."""
+    declared extra columns (None when the schema has none).
+
+    `part` and `frontier` are set by the source that read it (`ingest.partitions`): the index
+    of its input partition and that partition's event-time frontier once this event was read
+    (-1 / None for events made elsewhere: the engine then treats them as one partition).
+    Events are not mutated after that.
+    """
 
     event_id: int | str
     user_id: str
@@ -33,6 +39,8 @@ class Event:
     event_timestamp: int
     origin: str = ""
     extra: Mapping[str, Any] | None = None
+    part: int = -1
+    frontier: int | None = None
 
 
 def column_getter(column: str) -> Callable[[Event], Any]:
@@ -100,13 +108,18 @@ class FeatureRow:
 
 
 @dataclass(slots=True, frozen=True)
-class EndOfInput:
-    """Control record: the finite input is exhausted; its newest valid event time is `max_ts`.
+class Mark:
+    """Control record: the progress of input partition `part` (its index in the source's
+    sorted partition list), sent to every shard in order with that partition's events.
 
-    Lets every shard close at the same final watermark whatever data it saw itself.
+    `frontier` is the newest event time the partition has read (in a live run, while it is
+    idle, advanced by its idle wall-clock time); `state` is `active`, `idle` (read nothing
+    for the idle timeout: it stops holding the watermark back) or `done` (finite input read).
     """
 
-    max_ts: int
+    part: int
+    frontier: int | None
+    state: str
 
 
 def reason_code(reason: str) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from feast_bytewax.features.registry import make_aggregator
 from feast_bytewax.errors import SpecError
+from feast_bytewax.features.registry import make_aggregator
 from feast_bytewax.features.spec import EngineSpec, load_flow_spec
 
 

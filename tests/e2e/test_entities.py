@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from feast_bytewax.config import ReplayConfig
-from feast_bytewax.dataflow.repo import apply_repo, open_store
 from feast_bytewax.dataflow.replay import run_replay
+from feast_bytewax.dataflow.repo import apply_repo, open_store
 from feast_bytewax.errors import SpecError
 from feast_bytewax.features.spec import load_flow_spec
 from feast_bytewax.timeutil import to_us
@@ -54,8 +54,8 @@ def merchant_repo(directory: Path) -> Path:
     repo = copy_repo(directory)
     sources = repo / "feast_repo/sources.py"
     sources.write_text(sources.read_text().replace(
-        'category STRING, event_timestamp TIMESTAMP"', 'category STRING, event_timestamp TIMESTAMP, "\n'
-        '                     "merchant_id STRING"'))
+        'category STRING, event_timestamp TIMESTAMP"',
+        'category STRING, event_timestamp TIMESTAMP, "\n                     "merchant_id STRING"'))
     features = repo / "feast_repo/features.py"
     features.write_text(features.read_text() + MERCHANT_DEFS)
     return repo
@@ -139,8 +139,9 @@ def test_undeclared_column_and_unknown_function_fail_at_apply(tmp_path):
                                         r"\[.*'max'.*\]"):
         apply_repo(repo)
     assert not (repo / "data/registry.db").exists()  # nothing was registered
+    mean_of = 'column="{}",\n            function="mean"'
     features.write_text((tmp_path / "features.orig").read_text().replace(
-        'column="amount",\n            function="mean"', 'column="tip",\n            function="mean"'))
+        mean_of.format("amount"), mean_of.format("tip")))
     with pytest.raises(SpecError, match=r"'avg_amount_1h': Aggregation.column 'tip' is not an "
                                         r"event column; KafkaSource 'user_events'"):
         apply_repo(repo)

@@ -16,7 +16,6 @@ import pytest
 
 from feast_bytewax.dataflow.deadletters import read_dead_letters
 from feast_bytewax.datagen.generate import BadLine, generate_events
-from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import from_us, to_us
 from feast_bytewax.training import training_frame
 from tests import reference as ref
@@ -64,8 +63,7 @@ def test_summary_adds_up_and_dead_letters_carry_reasons(replayed):
     line = replayed["stdout"].strip().splitlines()[-1]
     nums = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
     good, bad = replayed["good"], replayed["bad"]
-    _, late_idx = ref.arrival_model(good, int(DELAY_S * 1e6), int(LATENESS_S * 1e6),
-                                    group_of=lambda u: shard_of(u, SHARDS))
+    _, late_idx = ref.arrival_model(good, int(DELAY_S * 1e6), int(LATENESS_S * 1e6))
     assert nums["consumed"] == len(good) + len(bad)
     assert nums["rejected"] == len(bad) > 0
     assert nums["late"] == len(late_idx)
@@ -87,8 +85,7 @@ def test_historical_features_equal_reference(replayed):
 
     good = replayed["good"]
     spec = ref.shipped_spec()
-    visible, _ = ref.arrival_model(good, int(DELAY_S * 1e6), int(LATENESS_S * 1e6),
-                                   group_of=lambda u: shard_of(u, SHARDS))
+    visible, _ = ref.arrival_model(good, int(DELAY_S * 1e6), int(LATENESS_S * 1e6))
     rnd = random.Random(5)
     users = sorted({e["user_id"] for e in good})
     t_lo = min(e["event_timestamp"] for e in good)

@@ -19,7 +19,6 @@ import pyarrow.fs as pafs
 import pytest
 
 from feast_bytewax.config import ReplayConfig
-from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import from_us, to_us
 from tests import reference as ref
 from tests.e2e.repos import OFFLINE_TYPE, copy_repo
@@ -104,8 +103,7 @@ def test_historical_features_from_s3_equal_reference(replayed_to_s3, monkeypatch
         monkeypatch.setenv(name, value)
     events = replayed_to_s3["events"]
     spec = ref.shipped_spec()
-    visible, _ = ref.arrival_model(events, int(DELAY_S * 1e6), int(LATENESS_S * 1e6),
-                                   group_of=lambda u: shard_of(u, SHARDS))
+    visible, _ = ref.arrival_model(events, int(DELAY_S * 1e6), int(LATENESS_S * 1e6))
     rnd = random.Random(3)
     users = sorted({e["user_id"] for e in events})
     t_lo = min(e["event_timestamp"] for e in events)

@@ -18,7 +18,6 @@ import pytest
 import requests
 
 from feast_bytewax.config import LiveConfig, ReplayConfig
-from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.timeutil import to_us
 from tests import reference as ref
 from tests.e2e.repos import ROOT, copy_repo
@@ -113,8 +112,7 @@ def iso_to_us(text: str) -> int:
 def test_served_features_equal_the_reference_as_of_their_timestamp(served):
     events = served["events"]
     spec = ref.shipped_spec()
-    visible, late = ref.arrival_model(events, int(DELAY_S * 1e6), int(LATENESS_S * 1e6),
-                                      group_of=lambda u: shard_of(u, SHARDS))
+    visible, late = ref.arrival_model(events, int(DELAY_S * 1e6), int(LATENESS_S * 1e6))
     assert served["stats"].late == len(late)
     users = sorted({e["user_id"] for e in events})
     got = by_user(get_online(served["url"], users), users)

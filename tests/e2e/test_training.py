@@ -52,7 +52,6 @@ def test_training_frame_matches_reference_as_of_each_row(feast_repo_dir):
     from feast_bytewax.dataflow.replay import run_replay
     from feast_bytewax.dataflow.repo import open_store
     from feast_bytewax.datagen.generate import write_events
-    from feast_bytewax.engine.routing import shard_of
     from feast_bytewax.features.spec import load_spec
     from feast_bytewax.timeutil import from_us
     from feast_bytewax.training import training_frame
@@ -69,8 +68,7 @@ def test_training_frame_matches_reference_as_of_each_row(feast_repo_dir):
     spec = load_spec(store)
     events = _events_in_file_order(events_path)
     visible, late = ref.arrival_model(
-        events, round(cfg.watermark_delay * 1e6), round(cfg.allowed_lateness * 1e6),
-        group_of=lambda user: shard_of(user, cfg.shards))
+        events, round(cfg.watermark_delay * 1e6), round(cfg.allowed_lateness * 1e6))
     horizon = max(e["event_timestamp"] for e in events)
 
     rnd = random.Random(4)

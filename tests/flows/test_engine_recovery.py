@@ -122,5 +122,5 @@ def test_a_positional_snapshot_is_refused_with_a_clear_message():
     import pickle
 
     old = pickle.dumps({"keys": {}, "buffer": [], "timers": []})
-    with pytest.raises(ConfigError, match="older feast-bytewax.*empty --recovery-dir"):
+    with pytest.raises(ConfigError, match=r"older feast-bytewax.*empty --recovery-dir"):
         ShardEngine(SPEC, CFG, old)

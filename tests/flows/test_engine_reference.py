@@ -182,7 +182,8 @@ def test_late_event_goes_to_late_output_with_reason():
     late = [r for r in out if isinstance(r, Late)]
     assert [r.event.event_id for r in late] == [2]
     assert "behind the watermark" in late[0].reason and late[0].watermark == BASE + 60 * MIN
-    assert eng.counts == {"processed": 1, "late": 1, "corrections": 0, "rows": len(out) - 1}
+    assert eng.counts == {"processed": 1, "late": 1, "duplicates": 0, "corrections": 0,
+                          "rows": len(out) - 1}
 
 
 def test_correction_is_stamped_at_the_watermark():

@@ -1,4 +1,5 @@
-"""Dataflow composition: source -> validate -> route (per entity) -> features -> sinks.
+"""Dataflow composition: source (validated per partition) -> route (per entity) -> features
+-> sinks.
 
 Only wiring lives here; each step's logic has its own module. One run serves every entity
 of the definitions: each entity gets its own keyed feature step (routed by its join key)
@@ -20,63 +21,76 @@ from feast_bytewax.dataflow.step import FeatureStepConfig
 from feast_bytewax.engine.routing import shard_key
 from feast_bytewax.engine.shard import EngineConfig
 from feast_bytewax.features.spec import EngineSpec, FlowSpec
-from feast_bytewax.ingest.validate import validate_item
+from feast_bytewax.ingest.partitions import EventTimeSource, PartitionPolicy
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import EndOfInput, Event, FeatureRow, Rejected, column_getter
+from feast_bytewax.records import FeatureRow, Mark, Rejected, column_getter
 from feast_bytewax.timeutil import US_PER_S, utc_now_us
 
 SinkFor = Callable[[EngineSpec], Sink]
 
 
-def engine_config(cfg: FlowConfig, clock: Callable[[], int] | None = None) -> EngineConfig:
+def engine_config(cfg: FlowConfig, partitions: int = 1) -> EngineConfig:
     """The engine's event-time knobs (integer microseconds) from the run settings."""
     return EngineConfig(
         watermark_delay=round(cfg.watermark_delay * US_PER_S),
         allowed_lateness=round(cfg.allowed_lateness * US_PER_S),
-        clock=clock,
+        partitions=partitions,
     )
 
 
-def make_validator(
-    cfg: FlowConfig,
-    stats: FlowStats,
-    spec: FlowSpec,
-    clock: Callable[[], int] = utc_now_us,
-    observe: Callable[[list, int], None] | None = None,
-):
-    """Batch validator: `(payload, origin)` -> Event | Rejected, counting both.
+def partition_policy(cfg: FlowConfig, spec: FlowSpec, live: bool) -> PartitionPolicy:
+    """The source's event-time rules (`ingest.partitions`) from the run settings."""
+    return PartitionPolicy(
+        max_future=round(cfg.max_future * US_PER_S),
+        max_ahead=round(cfg.max_ahead * US_PER_S),
+        max_skew=round(max(cfg.max_skew, 2 * cfg.watermark_delay) * US_PER_S),
+        idle_timeout=round(cfg.idle_timeout * US_PER_S) if live else None,
+        schema=spec.schema if spec.schema.extra else None,
+    )
 
-    `observe(batch, now_us)`, if given, sees every validated batch (live runs record event
-    arrival times with it, for the freshness-since-arrival metric)."""
-    max_future = round(cfg.max_future * US_PER_S)
-    schema = spec.schema if spec.schema.extra else None
 
-    def validate(batch: list[tuple[Any, str]]) -> list[Event | Rejected]:
-        now = clock()
-        out = [validate_item(p, o, now, max_future, schema) for p, o in batch]
-        rejected = sum(1 for x in out if type(x) is Rejected)
-        stats.add(consumed=len(out), rejected=rejected)
+def _accounting(stats: FlowStats, observe: Callable[[list, int], None] | None):
+    """Counts what the source read (consumed, rejected); `observe(batch, now_us)`, if given,
+    sees every batch (live runs record event arrival times with it)."""
+
+    def account(batch: list) -> list:
+        marks = rejected = 0
+        for x in batch:
+            tx = type(x)
+            if tx is Mark:
+                marks += 1
+            elif tx is Rejected:
+                rejected += 1
+        stats.add(consumed=len(batch) - marks, rejected=rejected)
         if observe is not None:
-            observe(out, now)
-        return out
+            observe(batch, utc_now_us())
+        return batch
 
-    return validate
+    return account
 
 
 def _router(entity: EngineSpec, shards: int, stats: FlowStats):
-    """Events of one entity, keyed by its routing shard; events without a value for the
-    entity's join key are not its events (counted as `unkeyed`)."""
+    """Events of one entity, keyed by its routing shard (events without a value for the
+    entity's join key are not its events: counted as `unkeyed`); every partition mark goes
+    to every shard, in order with the events."""
     key_of = column_getter(entity.join_key)
     name = entity.join_key
+    everyone = [str(s) for s in range(shards)]
 
-    def route(batch: list[Event]) -> list[tuple[str, Event]]:
-        out = []
-        for e in batch:
-            k = key_of(e)
-            if k is not None and k != "":
-                out.append((shard_key(k, shards), e))
-        if len(out) != len(batch):
-            stats.add_entity(name, unkeyed=len(batch) - len(out))
+    def route(batch: list) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        unkeyed = 0
+        for x in batch:
+            if type(x) is Mark:
+                out.extend((s, x) for s in everyone)
+                continue
+            k = key_of(x)
+            if k is None or k == "":
+                unkeyed += 1
+            else:
+                out.append((shard_key(k, shards), x))
+        if unkeyed:
+            stats.add_entity(name, unkeyed=unkeyed)
         return out
 
     return route
@@ -90,50 +104,40 @@ def build_flow(
     feature_sink: Sink | SinkFor,
     dead_letter_sink: Sink,
     stats: FlowStats,
-    clock: Callable[[], int] | None = None,
+    live: bool = False,
     observe: Callable[[list, int], None] | None = None,
 ) -> Dataflow:
-    """Wire the feature pipeline of every entity in `spec`.
+    """Wire the feature pipeline of every entity in `spec` over `source` (raw
+    ``(payload, origin)`` items; validated per partition by `ingest.partitions`).
 
-    `clock` None means replay (event time only); live runs pass a wall clock so idle keys
-    still decay. `feature_sink` is one sink for all rows or a factory giving each entity
-    its own; rows reach it as `(shard, FeatureRow)`. Rejected and late records reach
-    `dead_letter_sink` as `(shard_or_"input", record)`. `observe`: see `make_validator`.
+    `live` turns on idle partitions (their frontier moves with wall-clock time while they
+    read nothing, so idle keys decay on time). `feature_sink` is one sink for all rows or a
+    factory giving each entity its own; rows reach it as `(shard, FeatureRow)`. Rejected and
+    late records reach `dead_letter_sink` as `(shard_or_"input", record)`. `observe`: see
+    `_accounting`.
     """
     flow_spec = spec if isinstance(spec, FlowSpec) else FlowSpec((spec,))
     stats.declare(e.join_key for e in flow_spec.entities)
     shards = cfg.shards
+    timed = EventTimeSource(source, partition_policy(cfg, flow_spec, live))
+    partitions = len(timed.partitions())
     flow = Dataflow(flow_id)
-    raw = op.input("input", flow, source)
-    checked = op.flat_map_batch("validate", raw,
-                                make_validator(cfg, stats, flow_spec, observe=observe))
-    valid = op.branch("split_valid", checked, lambda x: type(x) is Event)
-    events = valid.trues
-    dead: list[Stream] = [op.map("tag_rejected", valid.falses, lambda r: ("input", r))]
-
-    # The newest event time of a finite input, announced to every shard at EOF so that all
-    # of them close at the same final watermark (a live stream never reaches this).
-    batch_max = op.flat_map_batch(
-        "batch_max", events, lambda b: [max(e.event_timestamp for e in b)] if b else []
-    )
-    input_end = op.reduce_final("input_end", op.key_on("one", batch_max, lambda _: "all"), max)
-    markers = op.flat_map(
-        "announce_end", input_end,
-        lambda kv: [(str(s), EndOfInput(kv[1])) for s in range(shards)],
-    )
+    read = op.flat_map_batch("account", op.input("input", flow, timed),
+                             _accounting(stats, observe))
+    split = op.branch("split_rejected", read, lambda x: type(x) is Rejected)
+    dead: list[Stream] = [op.map("tag_rejected", split.trues, lambda r: ("input", r))]
     shared_rows: list[Stream] = []
     for entity in flow_spec.entities:
         name = entity.join_key
-        keyed = op.flat_map_batch(f"route_{name}", events, _router(entity, shards, stats))
-        step = FeatureStepConfig(entity, engine_config(cfg, clock), stats)
-        out = op.stateful_batch(f"features_{name}",
-                                op.merge(f"with_end_{name}", keyed, markers), step.build)
-        split = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
+        keyed = op.flat_map_batch(f"route_{name}", split.falses, _router(entity, shards, stats))
+        step = FeatureStepConfig(entity, engine_config(cfg, partitions), stats)
+        out = op.stateful_batch(f"features_{name}", keyed, step.build)
+        rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
         if isinstance(feature_sink, Sink):
-            shared_rows.append(split.trues)
+            shared_rows.append(rows.trues)
         else:
-            op.output(f"features_out_{name}", split.trues, feature_sink(entity))
-        dead.append(split.falses)
+            op.output(f"features_out_{name}", rows.trues, feature_sink(entity))
+        dead.append(rows.falses)
     if shared_rows:
         op.output("features_out", op.merge("all_rows", *shared_rows), feature_sink)
     # One output step for every kind: a file sink must have a single writer.

@@ -50,7 +50,6 @@ from feast_bytewax.observability.freshness import FreshnessRecorder
 from feast_bytewax.observability.metrics import serve_metrics
 from feast_bytewax.observability.slo import FreshnessSLO
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.timeutil import utc_now_us
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         dead = DeadLetterSink(path)
         where = str(path)
-    flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, clock=utc_now_us,
+    flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, live=True,
                       observe=recorder.observe_batch)
     return flow, LiveParts(source, stop, recorder, slo, where, cfg)
 

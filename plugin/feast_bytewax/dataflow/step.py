@@ -1,10 +1,13 @@
 """The Bytewax face of `ShardEngine`: config dataclass -> `build(resume_state)` -> logic
-with `snapshot()`, as Bytewax's own windowing operators are laid out."""
+with `snapshot()`, as Bytewax's own windowing operators are laid out.
+
+The engine needs no timer of Bytewax's: its watermark moves only with what arrives (events
+and partition marks, in order), so `on_batch` and `on_eof` are the whole interface.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
@@ -12,10 +15,7 @@ from bytewax.operators import StatefulBatchLogic
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import EndOfInput, Event, FeatureRow, Late
-from feast_bytewax.timeutil import from_us
-
-HELD_ROW_WAIT_US = 100_000
+from feast_bytewax.records import Event, FeatureRow, Late, Mark
 
 
 @dataclass(frozen=True)
@@ -48,36 +48,11 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
             self._seen = dict(now)
         return out, StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Event | EndOfInput]) -> tuple[list, bool]:
-        events = []
-        for v in values:
-            if type(v) is EndOfInput:
-                hint = self.engine.end_hint
-                self.engine.end_hint = v.max_ts if hint is None else max(hint, v.max_ts)
-            else:
-                events.append(v)
-        return self._report(self.engine.ingest(events))
-
-    def on_notify(self) -> tuple[list, bool]:
-        return self._report(self.engine.tick())
+    def on_batch(self, values: list[Event | Mark]) -> tuple[list, bool]:
+        return self._report(self.engine.ingest(values))
 
     def on_eof(self) -> tuple[list, bool]:
         return self._report(self.engine.finish())
-
-    def notify_at(self) -> datetime | None:
-        """Live runs only: the wall time at which the watermark reaches the next due item."""
-        eng = self.engine
-        clock = eng.config.clock
-        if clock is None or eng.max_seen is None or eng.max_seen_wall is None:
-            return None
-        cands = []
-        due = eng.next_due()
-        if due is not None:
-            lag = due - (eng.max_seen - eng.config.watermark_delay)
-            cands.append(eng.max_seen_wall + max(lag, 0))
-        if eng.open_rows:  # rows held at the watermark go out once it moves on
-            cands.append(clock() + HELD_ROW_WAIT_US)
-        return from_us(min(cands)) if cands else None
 
     def snapshot(self) -> bytes:
         return self.engine.snapshot()

@@ -23,7 +23,7 @@ from feast_bytewax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
 
 
 @dataclass
@@ -52,9 +52,8 @@ def snapshot_state(engine: Any) -> bytes:
                    for g in cs.groups],
         "keys": {k: (v.groups, v.emitted) for k, v in engine.keys.items()},
         "buffer": engine.buffer, "timers": engine.timers, "open_rows": engine.open_rows,
-        "max_seen": engine.max_seen, "max_seen_wall": engine.max_seen_wall,
-        "frontier": engine.frontier, "end_hint": engine.end_hint, "seq": engine.seq,
-        "counts": engine.counts,
+        "marks": engine.marks, "dedup": engine.dedup, "frontier": engine.frontier,
+        "seq": engine.seq, "counts": engine.counts,
     }
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -2,52 +2,61 @@
 
 One `ShardEngine` owns many entity keys (a routing shard, see routing.py) and computes every
 feature of every key in one pass. It is plain Python with no Bytewax dependency, so tests
-drive it directly; step.py wraps it as a Bytewax `StatefulBatchLogic`.
+drive it directly; dataflow/step.py wraps it as a Bytewax `StatefulBatchLogic`.
 
 Time model (shared/spec/features.md):
 
-- watermark W = newest event time seen in the shard - `watermark_delay` (live runs also
-  let it advance with the injected wall clock while the stream is idle);
+- the watermark W is the minimum over the input partitions of (partition frontier - delay)
+  (`engine.watermark`); each event carries its partition's frontier and `Mark`s report
+  partitions that read nothing new (idle, finished). There is no wall clock in here: live
+  runs move W while the stream is quiet through their sources' idle marks, so a restart or
+  a stalled sink never turns downtime into stream time;
 - events newer than W wait in a buffer and are released in event-time order together with
   the keys' timers (pane exits, session expiries), so every row is exact;
+- a repeated `event_id` of the same key within the lateness horizon is a duplicate: counted,
+  never applied (`engine.dedup`);
 - an event at or behind W within `allowed_lateness` is applied at once and its effect is
   a `correction` row stamped at W; older events go to the late output with a reason;
 - a row is emitted whenever a key's vector changes, stamped with the time from which it
   holds; rows at exactly W are held back until W moves so that a correction at the same W
   merges into them: per key, row timestamps strictly increase;
-- a finite input ends at its newest event time (`finish(end)`), never at "infinity".
+- a finite input ends at its newest event time (`finish()`), never at "infinity".
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from feast_bytewax.engine.dedup import RecentIds
 from feast_bytewax.engine.groups import CompiledSpec
 from feast_bytewax.engine.recovery import RestoreReport, restore_state, snapshot_state
 from feast_bytewax.engine.state import KeyState
+from feast_bytewax.engine.watermark import PartitionWatermarks
 from feast_bytewax.features.spec import EngineSpec
-from feast_bytewax.records import Event, FeatureRow, Late
+from feast_bytewax.records import Event, FeatureRow, Late, Mark
 
 NEVER = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    """Event-time knobs, in microseconds. `clock` returns wall-clock epoch us (live runs);
-    None for replays, where only event time moves the watermark."""
+    """Event-time knobs, in microseconds, and the number of input partitions whose frontiers
+    make the watermark (events without a partition count as partition 0)."""
 
     watermark_delay: int = 5_000_000
     allowed_lateness: int = 0
-    clock: Callable[[], int] | None = None
+    partitions: int = 1
 
     def __post_init__(self) -> None:
         if self.watermark_delay < 0:
             raise ValueError(f"watermark_delay must be >= 0 us, got {self.watermark_delay}")
         if self.allowed_lateness < 0:
             raise ValueError(f"allowed_lateness must be >= 0 us, got {self.allowed_lateness}")
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
 
 
 class ShardEngine:
@@ -61,61 +70,63 @@ class ShardEngine:
         self.buffer: list[tuple[int, int, Event]] = []  # (t, seq, event) heap
         self.timers: list[tuple[int, str, int]] = []  # (t, key, gid) heap, lazily invalidated
         self.open_rows: dict[str, list] = {}  # key -> [ts, values, cause] not yet final
-        self.max_seen: int | None = None
-        self.max_seen_wall: int | None = None
+        self.marks = PartitionWatermarks(config.partitions, config.watermark_delay)
+        self.dedup = RecentIds()
         self.frontier: int | None = None  # everything <= frontier has been released
-        self.end_hint: int | None = None
         self.seq = 0
-        self.counts = {"processed": 0, "late": 0, "corrections": 0, "rows": 0}
+        self.counts = {"processed": 0, "late": 0, "duplicates": 0, "corrections": 0,
+                       "rows": 0}
         self.restore_report: RestoreReport | None = None
         if snapshot is not None:
             self._restore(snapshot)
 
     # -- public API ----------------------------------------------------------------------
     def watermark(self) -> int | None:
-        """Current watermark: newest event time - delay, moved on by the wall clock if live."""
-        if self.max_seen is None:
-            return None
-        w = self.max_seen - self.config.watermark_delay
-        clock = self.config.clock
-        if clock is not None and self.max_seen_wall is not None:
-            w += max(0, clock() - self.max_seen_wall)
-        return w
+        """The current watermark (None until every partition has reported progress)."""
+        return self.marks.wm
 
-    def ingest(self, events: Iterable[Event]) -> list[FeatureRow | Late]:
-        """Accept events in arrival order; return the rows and late records now final.
-
-        The watermark is re-evaluated before every event (so lateness does not depend on how
-        the input is batched); the wall clock, in live runs, is read once per batch.
-        """
+    def ingest(self, items: Iterable[Event | Mark]) -> list[FeatureRow | Late]:
+        """Accept events (and partition marks) in arrival order; return the rows and late
+        records now final. Each event is judged against the watermark that includes its own
+        partition's frontier, so lateness does not depend on how the input is batched."""
         out: list[FeatureRow | Late] = []
-        clock = self.config.clock
-        wall = clock() if clock is not None else None
-        delay = self.config.watermark_delay
+        marks, dedup, key_of = self.marks, self.dedup, self.cs.key_of
         buf, push = self.buffer, heapq.heappush
-        max_seen, seq, accepted = self.max_seen, self.seq, 0
-        drift = 0
-        if wall is not None and self.max_seen_wall is not None:
-            drift = max(0, wall - self.max_seen_wall)
-        for ev in events:
+        seq, accepted, dups = self.seq, 0, 0
+        w = marks.wm
+        for ev in items:
+            if type(ev) is Mark:
+                w = marks.mark(ev.part, ev.frontier, ev.state)
+                continue
             t = ev.event_timestamp
-            if max_seen is not None and t <= max_seen - delay + drift:
+            if dedup.repeated(key_of(ev), ev.event_id, t):
+                dups += 1
+                continue
+            part = ev.part if ev.part >= 0 else 0
+            f = ev.frontier
+            if f is None:  # not from a partitioned source: this engine's own stream
+                known = marks.frontier[part]
+                f = t if known is None or t > known else known
+            if f > t:  # an older event than its partition's newest: judge with that frontier
+                w = marks.advance(part, f)
+                behind = w is not None and t <= w
+            else:  # the partition's newest: judged by what came before it
+                behind = w is not None and t <= w
+                w = marks.advance(part, f)
+            if behind:
                 self.seq, self.counts["processed"] = seq, self.counts["processed"] + accepted
                 accepted = 0
-                self._behind_watermark(ev, max_seen - delay + drift, out)
+                self._behind_watermark(ev, w, out)
                 continue
             seq += 1
             push(buf, (t, seq, ev))
             accepted += 1
-            if max_seen is None or t > max_seen:
-                self.max_seen = max_seen = t
-                self.max_seen_wall = wall
-                drift = 0
         self.seq = seq
         self.counts["processed"] += accepted
-        w = self.watermark()
+        self.counts["duplicates"] += dups
         if w is not None:
             self._advance(w, out)
+            dedup.expire(w - self.lateness)
         return out
 
     def _behind_watermark(self, ev: Event, w: int, out: list) -> None:
@@ -131,21 +142,13 @@ class ShardEngine:
         self._correct(ev, w, out)
         self.counts["processed"] += 1
 
-    def tick(self) -> list[FeatureRow | Late]:
-        """Let the (live) wall clock move the watermark: fires due timers, releases events."""
+    def finish(self) -> list[FeatureRow | Late]:
+        """End of a finite input: release everything up to its newest event time (every
+        partition's frontier is known by now) and flush held rows."""
         out: list[FeatureRow | Late] = []
-        w = self.watermark()
-        if w is not None:
-            self._advance(w, out)
-        return out
-
-    def finish(self, end: int | None = None) -> list[FeatureRow | Late]:
-        """End of a finite input: release everything up to `end` (default: the newest event
-        time seen here or announced by `EndOfInput`) and flush held rows."""
-        out: list[FeatureRow | Late] = []
-        cands = [x for x in (end, self.end_hint, self.max_seen) if x is not None]
-        if cands:
-            self._advance(max(cands), out)
+        end = self.marks.end()
+        if end is not None:
+            self._advance(end, out)
         self._flush_open(out, None)
         return out
 

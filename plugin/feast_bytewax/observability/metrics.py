@@ -24,6 +24,7 @@ ENTITY_COUNTERS = {
     "processed": "Valid events accepted by an entity's feature step",
     "late": "Valid events older than watermark - allowed lateness (late output)",
     "unkeyed": "Valid events without a value for the entity's join key (not its events)",
+    "duplicates": "Events whose event_id the key already had within the lateness horizon",
     "corrections": "Rows re-emitted because a late-but-allowed event changed a value",
     "rows": "Feature rows emitted by an entity's feature step",
 }

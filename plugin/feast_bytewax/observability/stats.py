@@ -1,10 +1,11 @@
-"""Counters that prove nothing is lost: consumed = processed + late + rejected (per entity).
+"""Counters that prove nothing is lost: consumed = processed + late + rejected + duplicates
+(per entity).
 
 `FlowStats` is per dataflow run (commands print it at the end); every increment is mirrored
 to the process-wide Prometheus counters of `observability.metrics`. One run may serve several
 entities (one feature step per join key): each entity step accounts for every valid event,
-as processed, late, or `unkeyed` (the event has no value for that entity's key), so the law
-holds for each of them separately.
+as processed, late, duplicate, or `unkeyed` (the event has no value for that entity's key),
+so the law holds for each of them separately.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class FlowStats:
         return self._total("late")
 
     @property
+    def duplicates(self) -> int:
+        return self._total("duplicates")
+
+    @property
     def corrections(self) -> int:
         return self._total("corrections")
 
@@ -72,7 +77,8 @@ class FlowStats:
 
     def as_dict(self) -> dict[str, int]:
         out = {"consumed": self.consumed, "processed": self.processed, "late": self.late,
-               "rejected": self.rejected, "corrections": self.corrections, "rows": self.rows,
+               "rejected": self.rejected, "duplicates": self.duplicates,
+               "corrections": self.corrections, "rows": self.rows,
                "rows_offline": self.rows_offline, "rows_online": self.rows_online}
         return out
 
@@ -83,17 +89,21 @@ class FlowStats:
             rows = list(self.entities.values())
         if not rows:
             return valid == 0
-        return all(r["processed"] + r["late"] + r["unkeyed"] == valid for r in rows)
+        return all(r["processed"] + r["late"] + r["unkeyed"] + r["duplicates"] == valid
+                   for r in rows)
 
     def summary(self) -> str:
         d = self.as_dict()
         verdict = "ok" if self.balanced() else "UNBALANCED"
         text = (f"consumed={d['consumed']} processed={d['processed']} late={d['late']} "
-                f"rejected={d['rejected']} corrections={d['corrections']} rows={d['rows']} "
+                f"rejected={d['rejected']} duplicates={d['duplicates']} "
+                f"corrections={d['corrections']} rows={d['rows']} "
                 f"pushed_offline={d['rows_offline']} pushed_online={d['rows_online']}")
         if len(self.entities) <= 1:
-            return text + f" [consumed = processed + late + rejected: {verdict}]"
+            return text + (" [consumed = processed + late + rejected + duplicates: "
+                           f"{verdict}]")
         text += " [" + "; ".join(
             f"{e}: processed={r['processed']} late={r['late']} unkeyed={r['unkeyed']} "
             f"rows={r['rows']}" for e, r in sorted(self.entities.items())) + "]"
-        return text + f" [per entity, consumed = processed + late + unkeyed + rejected: {verdict}]"
+        return text + (" [per entity, consumed = processed + late + unkeyed + rejected + "
+                       f"duplicates: {verdict}]")

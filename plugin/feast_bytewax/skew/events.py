@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.features.spec import EngineSpec, FeatureSpec
 from feast_bytewax.ingest.files import EventFileSource, list_event_files
 from feast_bytewax.ingest.validate import validate_item
@@ -22,7 +21,6 @@ from feast_bytewax.timeutil import US_PER_S, from_us, utc_now_us
 class SkewOptions:
     """What `compute_report` needs besides the data. Times in microseconds."""
 
-    shards: int = 32
     watermark_delay_us: int = 5 * US_PER_S
     allowed_lateness_us: int = 600 * US_PER_S
     max_future_us: int = 300 * US_PER_S
@@ -72,7 +70,7 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
     now, max_future = utc_now_us(), opts.max_future_us
     rows: list[tuple] = []
     rejected = 0
-    for name in source.list_parts():
+    for index, name in enumerate(sorted(source.list_parts())):
         part = source.build_part("skew", name, None)
         try:
             while True:
@@ -84,12 +82,13 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
                     ev = validate_item(payload, origin, now, max_future)
                     if type(ev) is Event:
                         rows.append((ev.event_id, ev.user_id, ev.event_type, ev.amount,
-                                     ev.category, ev.event_timestamp))
+                                     ev.category, ev.event_timestamp, index))
                     else:
                         rejected += 1
         finally:
             part.close()
-    cols = ["event_id", spec.join_key, "event_type", "amount", "category", "event_timestamp"]
+    cols = ["event_id", spec.join_key, "event_type", "amount", "category", "event_timestamp",
+            "partition"]
     df = pd.DataFrame.from_records(rows, columns=cols)
     if len(df) and df["event_id"].map(type).nunique() > 1:
         df["event_id"] = df["event_id"].astype(str)
@@ -103,10 +102,15 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
 
 
 def visibility_model(df: pd.DataFrame, key: str, opts: SkewOptions) -> pd.DataFrame:
-    """Per-shard watermarks over arrival order (the row order of `df`).
+    """The stream's watermark over arrival order (the row order of `df` within each input
+    partition, i.e. file).
 
-    Watermark seen by event i = newest event time of its shard before i - delay. An event
-    at or behind it is a correction visible from the watermark when it is at most the
+    Watermark seen by event i = newest event time of its partition before i - delay. With
+    one partition that is exactly the run's watermark; with several, the run's is the
+    minimum over the partitions at that moment, which depends on how their reads
+    interleaved: for events in order within the delay nothing is behind either way, and
+    this model is the bound (an event it calls a correction may have been on time). An
+    event at or behind the watermark is a correction visible from it when at most the
     allowed lateness behind, else dropped. Adds `vis` (int us), `corrected`, `dropped`.
     """
 
@@ -117,9 +121,8 @@ def visibility_model(df: pd.DataFrame, key: str, opts: SkewOptions) -> pd.DataFr
         out["corrected"] = np.zeros(0, bool)
         out["dropped"] = np.zeros(0, bool)
         return out
-    shard_map = {u: shard_of(str(u), opts.shards) for u in pd.unique(out[key])}
-    shard = out[key].map(shard_map)
-    newest_before = ts.groupby(shard).cummax().groupby(shard).shift(1)
+    part = out["partition"] if "partition" in out.columns else pd.Series(0, index=out.index)
+    newest_before = ts.groupby(part).cummax().groupby(part).shift(1)
     wm = newest_before - opts.watermark_delay_us
     behind = (ts <= wm).fillna(False).to_numpy(dtype=bool)
     lag = (wm - ts).to_numpy()

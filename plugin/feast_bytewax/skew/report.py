@@ -37,14 +37,15 @@ twice; `conflicting_duplicates` with different values), `rows_after_horizon`, ke
 rows but no events (`extra_keys`) and keys whose truth is non-empty but have no row at all
 (`missing_keys`).
 
-Lateness. The stream applies an event that arrives behind its shard's watermark (newest
-event time of the shard - watermark delay) but within the allowed lateness as a correction
-stamped at that watermark W: the event counts only from W on. Events further behind are
+Lateness. The stream applies an event that arrives behind the watermark (the minimum over
+input partitions of newest event time - watermark delay) but within the allowed lateness as
+a correction stamped at that watermark W: the event counts only from W on. Events further behind are
 dropped (dead letters). A recomputation that lets every event count from its own time would
 differ from the stream right after late events. So the truth is computed with the stream's
 visibility model, derived here from the input order (the same order the replay reads:
-files in name order, rows in file order) with per-shard watermarks
-(`routing.shard_of(user, shards)`), the watermark delay and the allowed lateness:
+files in name order, rows in file order) with per-partition (per-file) watermarks, the
+watermark delay and the allowed lateness (exact for one file; for several, the bound
+described in `skew.events.visibility_model`):
 
 - dropped events are removed from the SQL input;
 - points inside a correction's shadow [t_e, W) of the same key are recomputed by the same
@@ -180,7 +181,7 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
         "generated_at": datetime.now(UTC).isoformat(),
         "seconds": None,
         "options": {
-            "truth": opts.truth, "shards": opts.shards,
+            "truth": opts.truth,
             "watermark_delay_s": opts.watermark_delay_us / US_PER_S,
             "allowed_lateness_s": opts.allowed_lateness_us / US_PER_S,
             "rtol": opts.rtol, "atol": opts.atol, "sample_keys": opts.sample_keys,
@@ -272,7 +273,6 @@ def write_report(report: dict, plots: dict, out: Path) -> tuple[Path, Path]:
 def skew_options(cfg: SkewConfig) -> SkewOptions:
     """The report's options from the command's settings (times in microseconds)."""
     return SkewOptions(
-        shards=cfg.shards,
         watermark_delay_us=round(cfg.watermark_delay * US_PER_S),
         allowed_lateness_us=round(cfg.allowed_lateness * US_PER_S),
         max_future_us=round(cfg.max_future * US_PER_S),

@@ -1,0 +1,86 @@
+"""The watermark of a feature step: the minimum over its input partitions.
+
+shared/spec/features.md: the watermark is the minimum over the active input partitions of
+(newest event time seen in that partition - delay), as in Flink; a partition that is
+finished or idle stops holding it back. Each partition's progress reaches every shard
+in-band, in the order that partition emitted it (`ingest.partitions` stamps every event with
+its partition's frontier and sends a `Mark` per batch to every shard), so an event that was
+on time in its own partition is never judged against a later state of that partition.
+
+- A partition whose frontier is unknown yet (it has read nothing) holds the watermark back,
+  until it reads something, becomes idle or finishes.
+- With no active partition left: every partition finished means the end of the input, the
+  watermark is the newest event time (no delay: no disorder can follow); idle partitions
+  (live runs) report a frontier that advances with their idle wall-clock time, minus delay.
+- The watermark never moves backwards (a restart may report lower frontiers for a while).
+
+`advance` is called per event: raising a partition that is not the slowest one cannot move
+the minimum, so the common case is O(1); only the slowest partition's events recompute.
+"""
+
+from __future__ import annotations
+
+ACTIVE, IDLE, DONE = "active", "idle", "done"
+
+
+class PartitionWatermarks:
+    """Frontiers and states of `n` input partitions, combined into one watermark."""
+
+    __slots__ = ("delay", "floor", "frontier", "state", "wm")
+
+    def __init__(self, n: int, delay: int) -> None:
+        if n < 1:
+            raise ValueError(f"a feature step needs at least one input partition, got {n}")
+        self.delay = delay
+        self.frontier: list[int | None] = [None] * n
+        self.state: list[str] = [ACTIVE] * n
+        self.wm: int | None = None
+        self.floor: int | None = None  # min frontier over active partitions (None: unknown)
+
+    def advance(self, part: int, t: int) -> int | None:
+        """An event of `part` with the partition's frontier `t`; returns the watermark."""
+        cur = self.frontier[part]
+        if cur is not None and t <= cur and self.state[part] == ACTIVE:
+            return self.wm
+        self.frontier[part] = t if cur is None or t > cur else cur
+        if self.state[part] != ACTIVE:
+            self.state[part] = ACTIVE
+        elif cur is not None and self.floor is not None and cur > self.floor:
+            return self.wm  # not the slowest partition: the minimum cannot move
+        return self._combine()
+
+    def mark(self, part: int, frontier: int | None, state: str) -> int | None:
+        """A partition's progress report (`Mark`); returns the watermark."""
+        cur = self.frontier[part]
+        if frontier is not None and (cur is None or frontier > cur):
+            self.frontier[part] = frontier
+        self.state[part] = state
+        return self._combine()
+
+    def _combine(self) -> int | None:
+        active = [f for f, s in zip(self.frontier, self.state, strict=True) if s == ACTIVE]
+        if active:
+            self.floor = None if None in active else min(active)
+            w = None if self.floor is None else self.floor - self.delay
+        else:
+            self.floor = None
+            known = [f for f in self.frontier if f is not None]
+            lag = self.delay if IDLE in self.state else 0
+            w = max(known) - lag if known else None
+        if w is not None and (self.wm is None or w > self.wm):
+            self.wm = w
+        return self.wm
+
+    def end(self) -> int | None:
+        """The final watermark of a finite input: the newest event time of any partition."""
+        known = [f for f in self.frontier if f is not None]
+        end = max(known) if known else None
+        if end is not None and (self.wm is None or end > self.wm):
+            self.wm = end
+        return self.wm
+
+    def __getstate__(self) -> tuple:
+        return (self.delay, self.frontier, self.state, self.wm, self.floor)
+
+    def __setstate__(self, s: tuple) -> None:
+        self.delay, self.frontier, self.state, self.wm, self.floor = s
