@@ -140,7 +140,9 @@ def pin_source(args) -> str:
     sys.path.insert(0, src)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [src, str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return f"plugin/ of commit {sha} (exported to {dest})"
+    changed = _git("log", "-1", "--format=%h", sha, "--", "plugin")
+    same = "" if changed == sha else f", as last changed in {changed}"
+    return f"plugin/ of commit {sha}{same} (exported to {dest})"
 
 
 # -- running one child -------------------------------------------------------------------------
