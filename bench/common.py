@@ -19,13 +19,14 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from feast_bytewax.config import FlowConfig
-from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.dataflow.flow import partition_policy
+from feast_bytewax.features.spec import EngineSpec, FlowSpec
 from feast_bytewax.ingest.files import EventFileSource
-from feast_bytewax.ingest.validate import validate_item
-from feast_bytewax.records import Event
-from feast_bytewax.timeutil import US_PER_S, utc_now_us
+from feast_bytewax.ingest.partitions import EventTimeSource
+from feast_bytewax.records import Event, Mark
 
-BATCH = 1000  # rows per source batch, as FlowConfig.batch_size
+CFG = FlowConfig()  # shards 32, watermark delay 5 s, allowed lateness 600 s, batch 1000
+BATCH = CFG.batch_size  # rows per source batch
 
 
 def load_spec(path: str | Path) -> EngineSpec:
@@ -33,23 +34,33 @@ def load_spec(path: str | Path) -> EngineSpec:
         return pickle.load(f)
 
 
-def iter_validated(path: str | Path, batch_size: int = BATCH) -> Iterator[list[Event]]:
-    """The events file through the same source partition and validator the dataflow uses,
-    as lists of valid `Event`s (rejections are impossible for generated parquet)."""
-    src = EventFileSource(path, batch_size=batch_size)
-    part = src.build_part("bench", src.list_parts()[0], None)
-    max_future = round(FlowConfig().max_future * US_PER_S)
-    try:
-        while True:
-            try:
-                items = part.next_batch()
-            except StopIteration:
-                return
-            now = utc_now_us()
-            out = [validate_item(p, o, now, max_future) for p, o in items]
-            yield [e for e in out if type(e) is Event]
-    finally:
-        part.close()
+def validated_source(path: str | Path, spec: EngineSpec,
+                     batch_size: int = BATCH) -> EventTimeSource:
+    """The events file as the replay dataflow reads it: `EventFileSource` (one partition per
+    file) inside `EventTimeSource` (validation; each event stamped with its partition's
+    event-time frontier; a `Mark` of the partition's progress after a batch, and at its end)."""
+    return EventTimeSource(EventFileSource(path, batch_size=batch_size),
+                           partition_policy(CFG, FlowSpec((spec,)), live=False))
+
+
+def iter_validated(src: EventTimeSource) -> Iterator[list[Event | Mark]]:
+    """Every batch of `src`, partition after partition, as the dataflow's input step gets it:
+    `Event`s and `Mark`s (a rejection is an error: generated parquet has none)."""
+    for name in src.partitions():
+        part = src.build_part("bench", name, None)
+        try:
+            while True:
+                try:
+                    items = part.next_batch()
+                except StopIteration:
+                    break
+                bad = [x for x in items if type(x) is not Event and type(x) is not Mark]
+                if bad:
+                    raise ValueError(f"{len(bad)} rejected records, e.g. {bad[0]!r}")
+                if items:
+                    yield items
+        finally:
+            part.close()
 
 
 # -- counting sink -------------------------------------------------------------------------

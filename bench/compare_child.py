@@ -10,7 +10,9 @@ current layout) is imported. Modes:
 - `step`: the feature step alone: `feast apply` on a fresh repo copy (untimed), the spec
   from its registry, the events read and validated once through this revision's source
   and validator, routed by crc32(user_id) % 32 into batches per source batch of 1000;
-  timed: feeding them to 32 `ShardEngine`s, then `finish()`;
+  timed: feeding them to 32 `ShardEngine`s, then finishing every engine at the input's
+  newest event time (`finish(end)`, or a done `Mark` then `finish()` where the engine
+  learns the end from its partitions' marks);
 - `replay`: this revision's own CLI in-process on a fresh repo copy: `apply` (untimed), then
   `replay --events E --repo R --quiet`, timed around the CLI call (imports warmed first).
 
@@ -57,12 +59,13 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "write_events": ("feast_bytewax.datagen.generate:write_events",
                      "feast_bytewax.generate:write_events"),
     "cli_main": ("feast_bytewax.cli.main:main", "feast_bytewax.cli:main"),
+    "Mark": ("feast_bytewax.records:Mark",),
     "run_replay": ("feast_bytewax.dataflow.replay:run_replay", "feast_bytewax.runner:run_replay"),
 }
 SHARDS = 32
 BATCH = 1000
-SUMMARY = re.compile(r"consumed=(\d+) processed=(\d+) late=(\d+) rejected=(\d+) "
-                     r"corrections=(\d+) rows=(\d+) pushed_offline=(\d+) pushed_online=(\d+)")
+SUMMARY = re.compile(r"^consumed=\d+ .*$", re.M)  # the run's accounting line
+COUNT = re.compile(r"\b(\w+)=(\d+)\b")
 SECONDS = re.compile(r" in ([0-9.]+)s\b")
 
 
@@ -232,6 +235,24 @@ def mode_generate(args) -> dict[str, Any]:
             **{k: v for k, v in info.items() if isinstance(v, int | float | str)}}
 
 
+def finisher(api: Api, engine: Any):
+    """How every engine is closed at the input's newest event time `end` (as the dataflow
+    closes every shard at the same final watermark, whatever keys it holds)."""
+    if inspect.signature(engine.finish).parameters:
+        def finish_end(eng, end):
+            """finish(end)"""
+            return eng.finish(end)
+
+        return finish_end
+    mark = api.Mark  # the engine learns the end from its partitions' marks
+
+    def finish_mark(eng, end):
+        """a done Mark(0, end), then finish()"""
+        return eng.ingest([mark(0, end, "done")]) + eng.finish()
+
+    return finish_mark
+
+
 def mode_step(args) -> dict[str, Any]:
     quiet()
     api = Api()
@@ -254,8 +275,10 @@ def mode_step(args) -> dict[str, Any]:
         work.append(parts)
     n = sum(len(b) for b in batches)
     del batches
+    end = max(e.event_timestamp for parts in work for part in parts for e in part)
     engines = [api.ShardEngine(spec, econf) for _ in range(SHARDS)]
-    need(engines[0], "ingest", "finish", "max_seen", what="ShardEngine")
+    need(engines[0], "ingest", "finish", what="ShardEngine")
+    finish = finisher(api, engines[0])
     rows = late = 0
     with gc_tuned():
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -267,9 +290,8 @@ def mode_step(args) -> dict[str, Any]:
                             rows += 1
                         else:
                             late += 1
-        end = max((e.max_seen for e in engines if e.max_seen is not None), default=None)
         for eng in engines:
-            for r in eng.finish(end):
+            for r in finish(eng, end):
                 if type(r).__name__ == "FeatureRow":
                     rows += 1
                 else:
@@ -279,7 +301,8 @@ def mode_step(args) -> dict[str, Any]:
     return {"layout": api.layout, "api": api.found, "feast_bytewax": str(api.root),
             "events": n, "seconds": seconds, "cpu_seconds": cpu, "rows": rows, "late": late,
             "corrections": sum(c.get("corrections", 0) for c in counts),
-            "read_validate_seconds": read_s, "apply_seconds": apply_s,
+            "duplicates": sum(c.get("duplicates", 0) for c in counts),
+            "finish": finish.__doc__, "read_validate_seconds": read_s, "apply_seconds": apply_s,
             "features": list(spec.feature_names), "knobs": knobs}
 
 
@@ -304,17 +327,21 @@ def mode_replay(args) -> dict[str, Any]:
         raise ApiError(f"`replay` exited {rc}: {text[-2000:]}")
     m = SUMMARY.search(text)
     if m is None:
-        raise ApiError(f"no `consumed=... pushed_online=...` summary in the replay output: "
+        raise ApiError(f"no `consumed=...` accounting line in the replay output: "
                        f"{text[-2000:]!r}")
-    consumed, processed, late, rejected, corrections, rows, offline, online = map(int, m.groups())
-    s = SECONDS.search(text[m.end():])
+    c = {k: int(v) for k, v in COUNT.findall(m.group(0))}
+    missing = {"consumed", "rows", "pushed_offline", "pushed_online"} - set(c)
+    if missing:
+        raise ApiError(f"the replay's accounting line lacks {sorted(missing)}: {m.group(0)}")
+    s = SECONDS.search(m.group(0))
     return {"layout": api.layout, "api": api.found, "feast_bytewax": str(api.root),
-            "events": consumed, "seconds": seconds, "cpu_seconds": cpu,
+            "events": c["consumed"], "seconds": seconds, "cpu_seconds": cpu,
             "flow_seconds": float(s.group(1)) if s else None,
-            "processed": processed, "late": late, "rejected": rejected,
-            "corrections": corrections, "rows": rows, "rows_offline": offline,
-            "rows_online": online, "apply_seconds": apply_s, "knobs": knobs,
-            "summary": text.strip().splitlines()[-1]}
+            "rows": c["rows"], "rows_offline": c["pushed_offline"],
+            "rows_online": c["pushed_online"],
+            **{k: c[k] for k in ("processed", "late", "rejected", "duplicates", "corrections")
+               if k in c},
+            "apply_seconds": apply_s, "knobs": knobs, "summary": m.group(0)}
 
 
 MODES = {"generate": mode_generate, "step": mode_step, "replay": mode_replay}

@@ -222,7 +222,9 @@ def render(base: Side, new: Side, args, argv: list[str], info: dict, started: st
         lines.append(
             "- step: seconds = the `ingest` calls and the final `finish` (reading, validation "
             f"and routing done before, untimed: {read_s} for the first run); CPU = the "
-            "thread's CPU time over the same span.")
+            "thread's CPU time over the same span. Every engine ends at the input's newest "
+            "event time: " + ", ".join(f"{s.role} `{r.get('finish')}`" for s, r in
+                                       zip((base, new), step, strict=False)) + ".")
     if replay:
         lines.append(
             "- replay: seconds = the revision's CLI `replay ... --quiet` called in-process "

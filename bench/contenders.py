@@ -26,6 +26,8 @@ import feast_bytewax
 from bench.baseline_windows import BuiltinKeyState, build_baseline_flow
 from bench.common import (
     BATCH,
+    CFG,
+    Counter,
     CountingSink,
     deep_size,
     distribution,
@@ -33,17 +35,16 @@ from bench.common import (
     load_spec,
     rss,
     shared_baseline,
+    validated_source,
     vm_status,
 )
-from feast_bytewax.config import FlowConfig
-from feast_bytewax.dataflow.flow import build_flow, engine_config, make_validator
+from feast_bytewax.dataflow.flow import build_flow, engine_config
 from feast_bytewax.dataflow.runtime import gc_frozen
 from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.engine.shard import ShardEngine
-from feast_bytewax.features.spec import FlowSpec
 from feast_bytewax.ingest.files import EventFileSource
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import FeatureRow
+from feast_bytewax.records import Event, FeatureRow, Mark
 from feast_bytewax.timeutil import US_PER_S
 
 
@@ -56,8 +57,6 @@ def spec_without(spec, skip):
         spec, features=tuple(f for f in spec.features if f.name not in skip))
 
 
-CFG = FlowConfig()  # shards 32, watermark delay 5 s, allowed lateness 600 s, batch 1000
-ENGINE_CFG = engine_config(CFG)  # replay: event time only (no wall clock)
 DELAY_US = round(CFG.watermark_delay * US_PER_S)
 
 
@@ -78,27 +77,35 @@ def _run_flow(flow, epoch_s: float) -> tuple[float, float]:
 # -- (b) ours: the feature step alone --------------------------------------------------------
 def ours_step(args) -> dict[str, Any]:
     """`ShardEngine`s driven directly over the validated events, batch by batch as the source
-    delivers them (1000 rows), one core, no Bytewax. With `--shards N` (default 32, as the
+    delivers them (1000 rows, each event stamped with its partition's frontier, a partition
+    `Mark` after a batch), one core, no Bytewax. With `--shards N` (default 32, as the
     dataflow) each batch is split by `routing.shard_of` and each shard's part goes to its
-    own engine, as `stateful_batch` would; `--shards 1` is one engine owning every key.
-    Timed: `ingest` and the final `finish` calls only (validation and routing are not)."""
+    own engine, marks to every engine, as the flow's router and `stateful_batch` do;
+    `--shards 1` is one engine owning every key. Timed: `ingest` and the final `finish`
+    calls only (validation and routing are not)."""
     spec = spec_without(load_spec(args.spec), args.skip)
     shards = args.shards
-    engines = [ShardEngine(spec, ENGINE_CFG) for _ in range(shards)]
+    src = validated_source(args.events, spec)
+    econf = engine_config(CFG, len(src.partitions()))
+    engines = [ShardEngine(spec, econf) for _ in range(shards)]
     n = rows = late = 0
     busy = cpu = 0.0
     rss0 = rss()
     t_wall = time.perf_counter()
     route: dict[str, int] = {}
     with gc_frozen():
-        for batch in iter_validated(args.events):
+        for batch in iter_validated(src):
             parts: list[list] = [[] for _ in range(shards)]
-            for e in batch:
-                s = route.get(e.user_id)
+            for x in batch:
+                if type(x) is Mark:
+                    for p in parts:
+                        p.append(x)
+                    continue
+                s = route.get(x.user_id)
                 if s is None:
-                    s = route[e.user_id] = shard_of(e.user_id, shards)
-                parts[s].append(e)
-            n += len(batch)
+                    s = route[x.user_id] = shard_of(x.user_id, shards)
+                parts[s].append(x)
+                n += 1
             for eng, part in zip(engines, parts, strict=True):
                 if not part:
                     continue
@@ -113,17 +120,18 @@ def ours_step(args) -> dict[str, Any]:
                         late += 1
         state = measure_ours(engines) if args.measure else None
         rss_end = rss()
-        end = max((e.max_seen for e in engines if e.max_seen is not None), default=None)
         t0, c0 = time.perf_counter(), time.thread_time()
-        final = [r for eng in engines for r in eng.finish(end)]
+        final = [r for eng in engines for r in eng.finish()]
         busy += time.perf_counter() - t0
         cpu += time.thread_time() - c0
     wall = time.perf_counter() - t_wall
     rows += sum(1 for r in final if type(r) is FeatureRow)
+    late += sum(1 for r in final if type(r) is not FeatureRow)
     return {
         "events": n, "seconds": busy, "cpu_seconds": cpu,
         "wall_seconds_incl_validation": wall, "rows": rows,
         "late": late, "corrections": sum(e.counts["corrections"] for e in engines),
+        "duplicates": sum(e.counts.get("duplicates", 0) for e in engines),
         "shards": shards, "features": list(spec.feature_names), "state": state,
         "rss_before": rss0, "rss_at_end_of_input": rss_end,
     }
@@ -132,7 +140,8 @@ def ours_step(args) -> dict[str, Any]:
 def measure_ours(engines) -> dict[str, Any]:
     """State per active key (a key in some engine's `keys` at the end of the input, before
     the final watermark): deep size of its `KeyState` plus its key string; also all engine
-    state (keys dicts, timer heaps, event buffers, held rows) divided by active keys."""
+    state (keys dicts, timer heaps, event buffers, held rows, recent event ids, partition
+    watermarks) divided by active keys."""
     t0 = time.perf_counter()
     empty = engines[0].cs.empty_vector
     seen = shared_baseline([empty])  # the shared empty vector: a constant
@@ -144,7 +153,7 @@ def measure_ours(engines) -> dict[str, Any]:
                                             protocol=pickle.HIGHEST_PROTOCOL)))
     total_seen = shared_baseline([empty])
     parts = {name: sum(deep_size(getattr(eng, name), total_seen) for eng in engines)
-             for name in ("keys", "timers", "buffer", "open_rows")}
+             for name in ("keys", "timers", "buffer", "open_rows", "dedup", "marks")}
     n_keys = len(sizes)
     dist = distribution(sizes)
     return {
@@ -222,14 +231,13 @@ def ours_flow(args) -> dict[str, Any]:
 def baseline_flow(args) -> dict[str, Any]:
     spec = load_spec(args.spec)
     skip = tuple(args.skip)
-    stats = FlowStats()
+    consumed = Counter()
     results = CountingSink(lambda kv: kv[1][0])
     lates, rejected = CountingSink(), CountingSink()
-    validator = make_validator(CFG, stats, FlowSpec((spec,)))
-    flow = build_baseline_flow(EventFileSource(args.events, batch_size=BATCH), spec,
-                               validator, results, lates, rejected, DELAY_US, skip)
+    flow = build_baseline_flow(validated_source(args.events, spec), spec, consumed, results,
+                               lates, rejected, DELAY_US, skip)
     seconds, cpu = _run_flow(flow, args.epoch)
-    return {"events": stats.consumed, "seconds": seconds, "cpu_seconds": cpu, "rows": results.n,
+    return {"events": consumed.n, "seconds": seconds, "cpu_seconds": cpu, "rows": results.n,
             "rows_by_feature": results.by_kind, "late": lates.n, "rejected": rejected.n,
             "features": [f for f in spec.feature_names if f not in skip]}
 
@@ -243,7 +251,8 @@ def baseline_logic(args) -> dict[str, Any]:
     busy = cpu = 0.0
     rss0 = rss()
     with gc_frozen():
-        for batch in iter_validated(args.events):
+        for items in iter_validated(validated_source(args.events, spec)):
+            batch = [x for x in items if type(x) is Event]  # marks mean nothing to them
             t0, c0 = time.perf_counter(), time.thread_time()
             bks.on_batch(batch)
             busy += time.perf_counter() - t0

@@ -740,7 +740,8 @@ def _evalsha_calls() -> int:
 PARTS = (
     ("source (Kafka)", ("feast_bytewax/kafka/", "bytewax/connectors/kafka",
                         "confluent_kafka")),
-    ("validate", ("feast_bytewax/ingest/validate.py", "make_validator")),
+    ("validate + event-time stamping", ("feast_bytewax/ingest/validate.py",
+                                        "feast_bytewax/ingest/partitions.py")),
     ("routing / branch lambdas", ("feast_bytewax/dataflow/flow.py",
                                   "feast_bytewax/engine/routing.py")),
     ("engine (feature step)", ("feast_bytewax/engine/", "feast_bytewax/features/aggregators.py",

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from bytewax.testing import run_main
 
-from bench.common import CountingSink, iter_validated, load_spec
-from bench.contenders import CFG, ENGINE_CFG
-from feast_bytewax.dataflow.flow import build_flow
+from bench.common import CFG, CountingSink, iter_validated, load_spec, validated_source
+from feast_bytewax.dataflow.flow import build_flow, engine_config
 from feast_bytewax.dataflow.runtime import gc_frozen
 from feast_bytewax.engine.routing import shard_of
 from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.ingest.files import EventFileSource
 from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.records import Mark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,12 +51,18 @@ def main(argv: list[str] | None = None) -> int:
             prof.disable()
         print(stats.summary())
     else:
-        engines = [ShardEngine(spec, ENGINE_CFG) for _ in range(args.shards)]
+        src = validated_source(args.events, spec)
+        econf = engine_config(CFG, len(src.partitions()))
+        engines = [ShardEngine(spec, econf) for _ in range(args.shards)]
         work = []
-        for batch in iter_validated(args.events):
+        for batch in iter_validated(src):
             parts: list[list] = [[] for _ in engines]
-            for e in batch:
-                parts[shard_of(e.user_id, args.shards)].append(e)
+            for x in batch:
+                if type(x) is Mark:  # every engine gets every partition mark
+                    for p in parts:
+                        p.append(x)
+                else:
+                    parts[shard_of(x.user_id, args.shards)].append(x)
             work.append(parts)
         with gc_frozen():
             prof.enable()
@@ -64,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 for eng, part in zip(engines, parts, strict=True):
                     if part:
                         eng.ingest(part)
-            end = max(e.max_seen for e in engines if e.max_seen is not None)
             for eng in engines:
-                eng.finish(end)
+                eng.finish()
             prof.disable()
         print({k: sum(e.counts[k] for e in engines) for k in engines[0].counts})
     st = pstats.Stats(prof)
