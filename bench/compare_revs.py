@@ -50,12 +50,22 @@ MEASURES = ("step", "replay")
 class Side:
     """One revision: its export and its results per measure."""
 
-    def __init__(self, role: str, rev: str, out: Path) -> None:
+    def __init__(self, role: str, rev: str, out: Path | None,
+                 saved: dict[str, Any] | None = None) -> None:
         self.role, self.rev = role, rev
+        self.results: dict[str, list[dict[str, Any]]] = {m: [] for m in MEASURES}
+        if saved is not None:  # --render-only
+            self.sha, self.subject, self.plugin_sha = (saved[k] for k in
+                                                       ("sha", "subject", "plugin_sha"))
+            self.results.update(saved["results"])
+            return
         self.sha, self.dest = export_rev(rev, out, EXPORTED)
         self.subject = _git("log", "-1", "--format=%s", self.sha)
         self.plugin_sha = _git("log", "-1", "--format=%h", self.sha, "--", "plugin")
-        self.results: dict[str, list[dict[str, Any]]] = {m: [] for m in MEASURES}
+
+    def saved(self) -> dict[str, Any]:
+        return {"rev": self.rev, "sha": self.sha, "subject": self.subject,
+                "plugin_sha": self.plugin_sha, "results": self.results}
 
     @property
     def src(self) -> Path:
@@ -122,13 +132,17 @@ def stats_of(values: list[float]) -> dict[str, float]:
 
 
 def rows_cell(mode: str, runs: list[dict]) -> str:
-    kinds = {(r["rows"], r.get("rows_offline"), r.get("rows_online"), r.get("corrections"))
-             for r in runs}
-    if len(kinds) != 1:
-        return "varies: " + ", ".join(sorted(str(k[0]) for k in kinds))
-    rows, offline, online, corr = next(iter(kinds))
+    """Rows and corrections (identical in every run of a revision, else flagged); online
+    writes as a range: the latest row per key per flush depends on when flushes fall."""
+    fixed = {(r["rows"], r.get("rows_offline"), r.get("corrections")) for r in runs}
+    if len(fixed) != 1:
+        return "**varies**: " + "; ".join(f"{a:,} rows, {c:,} corr." for a, _, c in
+                                          sorted(fixed))
+    rows, offline, corr = next(iter(fixed))
     if mode == "replay":
-        return f"{rows:,} ({offline:,} offline, {online:,} online), {corr:,} corr."
+        online = sorted({r["rows_online"] for r in runs})
+        span = f"{online[0]:,}" + (f"-{online[-1]:,}" if len(online) > 1 else "")
+        return f"{rows:,} ({offline:,} offline, {span} online), {corr:,} corr."
     return f"{rows:,}, {corr:,} corr."
 
 
@@ -257,6 +271,25 @@ def write_results(path: Path, block: str) -> None:
     path.write_text(text.rstrip() + f"\n\n{HEADING}\n\n" + block + "\n")
 
 
+def render_only(args) -> int:
+    """The section again from the saved results (with the command line of that run)."""
+    saved = json.loads((args.out / "compare_results.json").read_text())
+    sides = [Side(role, d["rev"], None, d) for role, d in saved["sides"].items()]
+    base, new = sorted(sides, key=lambda s: s.role != "base")
+    run_argv = saved["argv"]
+    run_args = argparse.Namespace(users=5_000, seed=7)
+    for flag, attr in (("--users", "users"), ("--seed", "seed")):
+        if flag in run_argv:
+            setattr(run_args, attr, int(run_argv[run_argv.index(flag) + 1]))
+    block = render(base, new, run_args, run_argv, saved["info"], saved["started"],
+                   saved["total_s"], saved["load_before"], saved["load_after"],
+                   saved["order"])
+    print(block)
+    if not args.no_results:
+        write_results(args.results, block)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__,
@@ -272,9 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=BENCH / "out")
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
     p.add_argument("--no-results", action="store_true", help="print only")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite the RESULTS.md section from OUT/compare_results.json")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.render_only:
+        return render_only(args)
 
     load_before = uptime()
     t_start = time.perf_counter()
@@ -302,8 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "compare_results.json").write_text(json.dumps({
         "argv": argv, "info": info, "started": started, "total_s": total,
         "load_before": load_before, "load_after": load_after,
-        "sides": {s.role: {"rev": s.rev, "sha": s.sha, "subject": s.subject,
-                           "results": s.results} for s in (base, new)}},
+        "sides": {s.role: s.saved() for s in (base, new)}, "order": order},
         indent=1, default=str))
     block = render(base, new, args, argv, info, started, total, load_before, load_after, order)
     print(block)
