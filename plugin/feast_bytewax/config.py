@@ -115,6 +115,12 @@ class FlowConfig(EventTimeConfig):
     idle_timeout: float = Field(5.0, gt=0,
                                 description="live runs: a partition that reads nothing this "
                                             "long stops holding the watermark back, seconds")
+    store_outage_limit: float = Field(
+        600.0, gt=0, description="how long a failing store is retried (input paused, state "
+                                 "kept) before the run stops with its summary, seconds")
+    recovery_dir: Path | None = Field(None, description="Bytewax recovery directory: state, "
+                                                        "offsets and commits survive a crash "
+                                                        "(created when empty)")
 
     @property
     def dead_letter_file(self) -> Path:
@@ -168,8 +174,6 @@ class LiveConfig(FlowConfig):
                                      description="serve Prometheus metrics on this port")
     freshness_slo: float | None = Field(None, gt=0, description="alert when the p99 freshness "
                                                                 "over a minute exceeds this, s")
-    recovery_dir: Path | None = Field(None, description="Bytewax recovery directory: state and "
-                                                        "offsets survive restarts")
     epoch_interval: float = Field(2.0, gt=0,
                                   description="seconds between Bytewax snapshots and flushes")
     max_events: int | None = Field(None, ge=0, description="stop after reading this many records")

@@ -98,7 +98,8 @@ class FeatureRow:
     """One feature vector of one entity key, holding from `event_timestamp` (epoch us) on.
 
     `values` follow `EngineSpec.feature_names`. `cause` is `event`, `decay` (a pane left a
-    window or a session expired) or `correction` (a late-but-allowed event was applied).
+    window or a session expired), `correction` (a late-but-allowed event was applied) or
+    `seed` (the value at the start of a range replay).
     """
 
     key: str

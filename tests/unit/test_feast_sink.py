@@ -8,14 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from feast import FeatureStore
 
 from feast_bytewax.dataflow.feast_sink import FeastSink, FeastSinkPartition
+from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.writer import FeastWriter, rows_to_frame
 from feast_bytewax.features.spec import EngineSpec, load_spec
 from feast_bytewax.records import FeatureRow
+from feast_bytewax.stores.parquet_folder import read_source_frame
 from feast_bytewax.timeutil import from_us, to_us
 
 FOLDER = Path("data/offline/user_features")
@@ -62,7 +63,13 @@ def full_row(spec: EngineSpec, key: str, minute: float, n: int) -> FeatureRow:
 
 
 def offline_frame(repo: Path) -> pd.DataFrame:
-    return pq.read_table(repo / FOLDER).to_pandas()
+    """What readers of the offline store see (committed parts only)."""
+    store = FeatureStore(repo_path=str(repo))
+    return read_source_frame(store.config, store.get_data_source("user_features_batch"))
+
+
+def part_files(repo: Path) -> list[Path]:
+    return sorted((repo / FOLDER).glob("part-*.parquet"))
 
 
 def online(store: FeatureStore, keys: list[str]) -> dict[str, list]:
@@ -121,7 +128,10 @@ def test_each_flush_appends_one_part_and_offline_holds_every_row_once(
         written += rows
         assert writer.pending == len(rows)
         assert writer.flush() == len(rows)
-        assert len(list((feast_repo_dir / FOLDER).glob("part-*.parquet"))) == flush + 1
+        assert len(part_files(feast_repo_dir)) == flush + 1
+        assert len(offline_frame(feast_repo_dir)) == len(written) - len(rows)  # not committed
+        writer.checkpoint()
+        assert len(offline_frame(feast_repo_dir)) == len(written)
 
     df = offline_frame(feast_repo_dir)
     # one batch source: exactly its columns, in a fixed order, and every row exactly once
@@ -271,10 +281,9 @@ def test_flush_policy_rows_interval_close(
     assert writer.flush() == 0 and writer.stats()["flushes"] == 3  # empty flush: no part
     with pytest.raises(RuntimeError, match="closed"):
         writer.write([full_row(spec, "u1", 4, 5)])
-    assert len(list((feast_repo_dir / FOLDER).glob("part-*.parquet"))) == 3
-    assert len(offline_frame(feast_repo_dir)) == 6
-    stats = writer.stats()
-    assert stats["flush_seconds_total"] >= stats["flush_seconds_max"] > 0
+    assert len(part_files(feast_repo_dir)) == 3
+    assert len(offline_frame(feast_repo_dir)) == 6  # close() at the end of input commits
+    assert writer.stats()["flush_seconds_total"] > 0
 
 
 def test_views_resolved_once_and_validated(store: FeatureStore, spec: EngineSpec) -> None:
@@ -302,10 +311,14 @@ def test_views_resolved_once_and_validated(store: FeatureStore, spec: EngineSpec
 def test_partition_flushes_on_snapshot_and_close(
     store: FeatureStore, spec: EngineSpec, feast_repo_dir: Path
 ) -> None:
-    part = FeastSinkPartition(FeastWriter(store, spec, max_rows=10**6, max_interval=3600))
+    ended = RunLifecycle()
+    ended.finished(None)
+    part = FeastSinkPartition(FeastWriter(store, spec, max_rows=10**6, max_interval=3600),
+                              ended, None, (None, None))
     part.write_batch([full_row(spec, "u1", 0, 1), full_row(spec, "u2", 0, 2)])
     assert not (feast_repo_dir / FOLDER).exists()
-    assert part.snapshot() is None
+    state = part.snapshot()
+    assert list(state["txns"]) == ["user_features_batch"]
     assert len(offline_frame(feast_repo_dir)) == 2
     assert online(store, ["u2"])["purchase_count_30m"] == [2]
     part.write_batch([full_row(spec, "u2", 1, 3)])

@@ -15,7 +15,15 @@ import pytest
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
-from feast_bytewax.stores import parquet_folder, parquet_parts
+from feast_bytewax.stores import parquet_folder
+from feast_bytewax.stores.commits import (
+    OUR_MARKER,
+    OUR_PART,
+    marker_name,
+    new_run_id,
+    part_name,
+    writer_id,
+)
 from feast_bytewax.stores.parquet_folder import (
     STORE_TYPE,
     ParquetFolderOfflineStore,
@@ -100,7 +108,8 @@ def test_each_write_appends_one_part_and_never_touches_existing_ones(
         for path, before in seen.items():
             assert fingerprint(path) == before, f"{path.name} was modified"
         seen.update({p: fingerprint(p) for p in now if p not in seen})
-        assert [p.name for p in folder.iterdir() if not p.name.startswith("part-")] == []
+        assert [p.name for p in folder.iterdir() if not p.name.startswith("part-")] == [
+            "_commits"]  # each write committed at once (Feast's push path)
     monkeypatch.undo()
 
     table = pq.read_table(folder)
@@ -132,12 +141,16 @@ def test_parts_share_one_schema_even_when_a_batch_is_all_null(feast_repo_dir: Pa
 
     schemas = [pq.read_schema(p) for p in parts(feast_repo_dir / FOLDER)]
     assert len(schemas) == 3
-    assert all(s.equals(schemas[0]) for s in schemas), schemas
-    types = {f.name: f.type for f in schemas[0]}
-    assert types["purchase_count_30m"] == pa.int64()
-    assert types["distinct_categories_session"] == pa.int64()
-    assert types["event_timestamp"] == pa.timestamp("us", tz="UTC")
-    assert pq.read_table(feast_repo_dir / FOLDER).num_rows == 3
+    # the view's own columns get its Feast types in every part, whatever the batch carried
+    own = ["user_id", "event_timestamp", "purchase_count_30m", "avg_amount_1h", "max_amount_24h"]
+    types = [{n: s.field(n).type for n in own} for s in schemas]
+    assert all(t == types[0] for t in types), types
+    assert types[0]["purchase_count_30m"] == pa.int64()
+    assert types[0]["event_timestamp"] == pa.timestamp("us", tz="UTC")
+    entity_df = pd.DataFrame({"user_id": ["u1", "u2", "u3"],
+                              "event_timestamp": [T0 + timedelta(hours=1)] * 3})
+    got = store.get_historical_features(entity_df, ["user_purchase_features:avg_amount_1h"])
+    assert got.to_df()["avg_amount_1h"].tolist() == [0.0, 0.0, 0.0]  # every part reads
 
     bad = batch(["u4"], [3]).drop_columns(["avg_amount_1h"])
     with pytest.raises(ValueError, match="avg_amount_1h"):
@@ -261,18 +274,20 @@ def test_s3_root_appends_and_reads_through_pyarrow(feast_repo_dir: Path, moto_s3
 
     listed = boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket="feast-lake")
     keys = sorted(o["Key"] for o in listed.get("Contents", []))
-    assert len(keys) == 2 and all(
-        k.startswith(f"features/{FOLDER.as_posix()}/part-") for k in keys
-    ), keys
+    folder = f"features/{FOLDER.as_posix()}"
+    assert len([k for k in keys if k.startswith(f"{folder}/part-")]) == 2, keys
+    assert len([k for k in keys if k.startswith(f"{folder}/_commits/")]) == 2, keys
     assert not (feast_repo_dir / FOLDER).exists()
     out = store.get_historical_features(entity_df, service).to_df()
     assert out["purchase_count_30m"].tolist() == [8]
 
 
-def test_part_names_are_unique_and_sort_in_write_order() -> None:
-    names = [parquet_parts.new_part_name(now_ns=n) for n in (5, 40, 40, 10**18)]
-    assert len(set(names)) == 4
-    assert names[0] < names[1] and names[2] < names[3]
-    assert all(n.startswith("part-") and n.endswith(".parquet") for n in names)
-    assert len(names[0]) == len(names[3])
-    assert os.sep not in names[0]
+def test_part_and_marker_names_are_deterministic_and_recognised() -> None:
+    writer = writer_id(new_run_id(), "3")
+    name = part_name(writer, 12)
+    assert name == f"part-{writer}-s00000012.parquet" and os.sep not in name
+    assert OUR_PART.match(name)["writer"] == writer
+    assert OUR_MARKER.match(marker_name(writer, 12))["seq"] == "00000012"
+    assert writer_id("r0-abc", "0") != writer_id("r0-abc", "0")  # one nonce per execution
+    # a file of the earlier layout is never taken for an uncommitted part of ours
+    assert not OUR_PART.match("part-00000001764628212345678-12345678.parquet")

@@ -17,6 +17,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import Sink
 
 from feast_bytewax.config import FlowConfig
+from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.step import FeatureStepConfig
 from feast_bytewax.engine.routing import shard_key
 from feast_bytewax.engine.shard import EngineConfig
@@ -29,12 +30,14 @@ from feast_bytewax.timeutil import US_PER_S, utc_now_us
 SinkFor = Callable[[EngineSpec], Sink]
 
 
-def engine_config(cfg: FlowConfig, partitions: int = 1) -> EngineConfig:
+def engine_config(cfg: FlowConfig, partitions: int = 1,
+                  emit_from: int | None = None) -> EngineConfig:
     """The engine's event-time knobs (integer microseconds) from the run settings."""
     return EngineConfig(
         watermark_delay=round(cfg.watermark_delay * US_PER_S),
         allowed_lateness=round(cfg.allowed_lateness * US_PER_S),
         partitions=partitions,
+        emit_from=emit_from,
     )
 
 
@@ -106,6 +109,8 @@ def build_flow(
     stats: FlowStats,
     live: bool = False,
     observe: Callable[[list, int], None] | None = None,
+    lifecycle: RunLifecycle | None = None,
+    emit_from: int | None = None,
 ) -> Dataflow:
     """Wire the feature pipeline of every entity in `spec` over `source` (raw
     ``(payload, origin)`` items; validated per partition by `ingest.partitions`).
@@ -114,7 +119,8 @@ def build_flow(
     read nothing, so idle keys decay on time). `feature_sink` is one sink for all rows or a
     factory giving each entity its own; rows reach it as `(shard, FeatureRow)`. Rejected and
     late records reach `dead_letter_sink` as `(shard_or_"input", record)`. `observe`: see
-    `_accounting`.
+    `_accounting`. `lifecycle` learns when the input really ended (the sinks commit then).
+    `emit_from`: a range replay's start (see `ShardEngine._seed`).
     """
     flow_spec = spec if isinstance(spec, FlowSpec) else FlowSpec((spec,))
     stats.declare(e.join_key for e in flow_spec.entities)
@@ -130,7 +136,8 @@ def build_flow(
     for entity in flow_spec.entities:
         name = entity.join_key
         keyed = op.flat_map_batch(f"route_{name}", split.falses, _router(entity, shards, stats))
-        step = FeatureStepConfig(entity, engine_config(cfg, partitions), stats)
+        step = FeatureStepConfig(entity, engine_config(cfg, partitions, emit_from), stats,
+                                 lifecycle)
         out = op.stateful_batch(f"features_{name}", keyed, step.build)
         rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
         if isinstance(feature_sink, Sink):

@@ -39,6 +39,7 @@ from feast_bytewax.config import LiveConfig, parse_kafka_url
 from feast_bytewax.dataflow.deadletters import DeadLetterSink
 from feast_bytewax.dataflow.feast_sink import FeastSink
 from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.repo import check_repo, open_store
 from feast_bytewax.dataflow.runtime import Signals, ensure_recovery_dir, gc_frozen, ticker
 from feast_bytewax.errors import ConfigError
@@ -46,10 +47,11 @@ from feast_bytewax.features.spec import FlowSpec, load_flow_spec
 from feast_bytewax.kafka.deadletters import KafkaDeadLetterSink
 from feast_bytewax.kafka.settings import kafka_options
 from feast_bytewax.kafka.source import KafkaEventSource, KafkaSourceError, StopControl
-from feast_bytewax.observability.freshness import FreshnessRecorder
+from feast_bytewax.observability.freshness import FreshnessRecorder, StallMonitor
 from feast_bytewax.observability.metrics import serve_metrics
 from feast_bytewax.observability.slo import FreshnessSLO
 from feast_bytewax.observability.stats import FlowStats
+from feast_bytewax.stores.commits import new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +133,16 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
                               tail=not cfg.stop_at_end)
     recorder = FreshnessRecorder(
         horizon_s=cfg.watermark_delay + cfg.flush_interval + cfg.epoch_interval + 300.0)
-    slo = FreshnessSLO(cfg.freshness_slo) if cfg.freshness_slo else None
+    monitor = StallMonitor()
+    slo = (FreshnessSLO(cfg.freshness_slo, pending_age=monitor.pending_age)
+           if cfg.freshness_slo else None)
+    lifecycle = RunLifecycle()
+    run = new_run_id()
 
     def sink_for(entity):
-        return FeastSink(repo, entity, max_rows=cfg.flush_rows, max_interval=cfg.flush_interval,
+        return FeastSink(repo, entity, run=run, mode="live", lifecycle=lifecycle,
+                         outage_limit=cfg.store_outage_limit, monitor=monitor,
+                         max_rows=cfg.flush_rows, max_interval=cfg.flush_interval,
                          online=cfg.online, offline=cfg.offline, stats=stats,
                          on_flush=recorder.rows_readable)
 
@@ -151,7 +159,7 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
         dead = DeadLetterSink(path)
         where = str(path)
     flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, live=True,
-                      observe=recorder.observe_batch)
+                      observe=recorder.observe_batch, lifecycle=lifecycle)
     return flow, LiveParts(source, stop, recorder, slo, where, cfg)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
+from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.stats import FlowStats
@@ -25,19 +26,22 @@ class FeatureStepConfig:
     spec: EngineSpec
     engine: EngineConfig
     stats: FlowStats | None = None
+    lifecycle: RunLifecycle | None = None
 
     def build(self, resume_state: bytes | None) -> ShardLogic:
         return ShardLogic(ShardEngine(self.spec, self.engine, resume_state), self.stats,
-                          self.spec.join_key)
+                          self.spec.join_key, self.lifecycle)
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
     """Feeds a shard's batch to its engine and reports counter deltas."""
 
-    def __init__(self, engine: ShardEngine, stats: FlowStats | None, entity: str) -> None:
+    def __init__(self, engine: ShardEngine, stats: FlowStats | None, entity: str,
+                 lifecycle: RunLifecycle | None = None) -> None:
         self.engine = engine
         self.stats = stats
         self.entity = entity
+        self.lifecycle = lifecycle
         self._seen = dict(engine.counts)
 
     def _report(self, out: list[FeatureRow | Late]) -> tuple[list, bool]:
@@ -52,7 +56,11 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
         return self._report(self.engine.ingest(values))
 
     def on_eof(self) -> tuple[list, bool]:
-        return self._report(self.engine.finish())
+        """The input really ended (not an abort): the sinks may commit for good."""
+        out = self.engine.finish()
+        if self.lifecycle is not None:
+            self.lifecycle.finished(self.engine.watermark())
+        return self._report(out)
 
     def snapshot(self) -> bytes:
         return self.engine.snapshot()

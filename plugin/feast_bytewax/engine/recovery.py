@@ -53,6 +53,7 @@ def snapshot_state(engine: Any) -> bytes:
         "keys": {k: (v.groups, v.emitted) for k, v in engine.keys.items()},
         "buffer": engine.buffer, "timers": engine.timers, "open_rows": engine.open_rows,
         "marks": engine.marks, "dedup": engine.dedup, "frontier": engine.frontier,
+        "seeded": engine.seeded,
         "seq": engine.seq, "counts": engine.counts,
     }
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)

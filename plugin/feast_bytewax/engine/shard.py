@@ -49,6 +49,7 @@ class EngineConfig:
     watermark_delay: int = 5_000_000
     allowed_lateness: int = 0
     partitions: int = 1
+    emit_from: int | None = None  # a range replay's start: every key gets a row there
 
     def __post_init__(self) -> None:
         if self.watermark_delay < 0:
@@ -73,6 +74,7 @@ class ShardEngine:
         self.marks = PartitionWatermarks(config.partitions, config.watermark_delay)
         self.dedup = RecentIds()
         self.frontier: int | None = None  # everything <= frontier has been released
+        self.seeded = False
         self.seq = 0
         self.counts = {"processed": 0, "late": 0, "duplicates": 0, "corrections": 0,
                        "rows": 0}
@@ -168,6 +170,11 @@ class ShardEngine:
     def _advance(self, w: int, out: list) -> None:
         if self.frontier is not None and w < self.frontier:
             return
+        seed = self.config.emit_from
+        if seed is not None and not self.seeded and w >= seed:
+            self.seeded = True
+            self._advance(seed, out)
+            self._seed(seed)
         buf, timers = self.buffer, self.timers
         while True:
             tb = buf[0][0] if buf else NEVER
@@ -286,8 +293,17 @@ class ShardEngine:
         self.open_rows[key] = [t, vec, cause]
         return True
 
+    def _seed(self, at: int) -> None:
+        """A replay of a range that starts at `at`: every key with a value then gets a row
+        stamped exactly `at` (its rows before are computed but not written), so the stored
+        step function is right from the range's first instant. Held like any row at W."""
+        empty = self.cs.empty_vector
+        for key, st in self.keys.items():
+            if key not in self.open_rows and st.emitted != empty:
+                self.open_rows[key] = [at, st.emitted, "seed"]
+
     def _final(self, key: str, st: KeyState, row: list, out: list) -> None:
-        if row[1] != st.emitted:
+        if row[1] != st.emitted or row[2] == "seed":
             st.emitted = row[1]
             self.counts["rows"] += 1
             out.append(FeatureRow(key, row[0], row[1], row[2]))

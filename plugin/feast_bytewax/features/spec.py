@@ -100,6 +100,12 @@ class EngineSpec:
         return tuple(f.name for f in self.features)
 
     @property
+    def lookback_us(self) -> int:
+        """How far before an instant its values depend on events: the longest window (for a
+        session feature, its gap; a session longer than the longest window is cut)."""
+        return max((f.window_us for f in self.features), default=0)
+
+    @property
     def fingerprint(self) -> str:
         """A short digest of every feature's identity (recorded in recovery snapshots)."""
         text = repr((self.join_key, tuple(f.identity for f in self.features)))

@@ -45,7 +45,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from feast_bytewax.ingest.filesystems import (
@@ -199,8 +203,6 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
         end_us: int | None,
         columns: tuple[str, ...],
     ):
-        import pyarrow.parquet as pq
-
         self._name = file.label
         self._source = file.filesystem.open_input_file(file.path)
         # object storage: coalesce each row group's column chunks into few ranged GETs
@@ -259,8 +261,6 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
 
     @staticmethod
     def _ts_values(col) -> list:
-        import pyarrow as pa
-
         t = col.type
         if pa.types.is_timestamp(t) and t.tz is not None:
             raw = col.cast(pa.int64()).to_pylist()  # UTC instant in the column's unit
@@ -271,9 +271,6 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
         return col.to_pylist()
 
     def _mask(self, batch):
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         if TS_COLUMN not in batch.schema.names:
             return None
         col = batch.column(TS_COLUMN)
@@ -304,8 +301,6 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
         if self._start_us is not None or self._end_us is not None:
             keep = self._mask(batch)
             if keep is not None:
-                import numpy as np
-
                 idx = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
                 batch = batch.take(idx)
                 rows = (first + idx).tolist()
@@ -382,3 +377,4 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
                 file, self.batch_size, resume_state, self.start_us, self.end_us, self.columns,
             )  # fmt: skip
         return _JsonLinesPartition(file, self.batch_size, resume_state)
+

@@ -93,3 +93,30 @@ class FreshnessRecorder:
             FRESHNESS_ARRIVAL_SECONDS.observe(v)
         self.rows_measured += len(fresh)
         self.arrivals_measured += len(since_arrival)
+
+
+class StallMonitor:
+    """Rows waiting for a failing store: writers report the event time of their oldest
+    waiting row while their store is down; the freshness SLO reads the age of the oldest
+    (`pending_age`), so a stall is an alert while it lasts, not after. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], int] | None = None) -> None:
+        self.clock = clock or utc_now_us
+        self._waiting: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def stalled(self, writer: int, oldest_event_us: int) -> None:
+        with self._lock:
+            self._waiting[writer] = oldest_event_us
+
+    def clear(self, writer: int) -> None:
+        with self._lock:
+            self._waiting.pop(writer, None)
+
+    def pending_age(self) -> float | None:
+        """Seconds since the event time of the oldest waiting row; None if nothing waits."""
+        with self._lock:
+            if not self._waiting:
+                return None
+            oldest = min(self._waiting.values())
+        return (self.clock() - oldest) / 1e6

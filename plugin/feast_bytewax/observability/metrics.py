@@ -47,6 +47,14 @@ FRESHNESS_ARRIVAL_SECONDS = Histogram(
 )
 BUFFERED = Gauge(PREFIX + "buffered_events", "Events waiting for the watermark")
 
+# -- stores that wait (dataflow.retry) ------------------------------------------------------
+STORE_ERRORS = Counter(PREFIX + "store_errors", "Failed store write attempts (retried)",
+                       ["store"])
+STORE_INCIDENTS = Counter(PREFIX + "store_incidents", "Store outages: runs of failed writes",
+                          ["store"])
+STORE_STALLED = Gauge(PREFIX + "store_stalled", "1 while writes to the store are failing",
+                      ["store"])
+
 # -- live runs (feast-bytewax run): Kafka, dead letters, freshness SLO ----------------------
 KAFKA_ERRORS = Counter(PREFIX + "kafka_errors", "Kafka client/partition errors by code",
                        ["code"])

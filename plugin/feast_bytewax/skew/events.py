@@ -63,7 +63,8 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
     """Read the raw log the way the replay does (same files, order, start/end filter and
     validation rules); invalid rows are counted and left out, as the stream does."""
 
-    start = from_us(opts.start_us) if opts.start_us is not None else None
+    # a range is read with the events before it that its values depend on, as the replay
+    start = from_us(opts.start_us - spec.lookback_us) if opts.start_us is not None else None
     end = from_us(opts.end_us) if opts.end_us is not None else None
     source = EventFileSource(path, batch_size=50_000, start=start, end=end,
                              s3_endpoint_override=opts.s3_endpoint)

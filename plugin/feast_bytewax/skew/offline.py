@@ -35,10 +35,11 @@ def offline_sources(store: Any, spec: EngineSpec) -> list[tuple[Any, list[str]]]
 
 def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
                  opts: SkewOptions) -> tuple[pd.DataFrame, str]:
-    """The batch source's rows: join key, `ts` (int us), features (float64/NaN); in part
-    order (the order they were written)."""
+    """The batch source's visible rows: join key, `ts` (int us), features (float64/NaN), in
+    commit order, superseded copies of an identity included (they are reported as
+    duplicates); with a range (--start), the rows in it."""
 
-    df = read_source_frame(store.config, source)
+    df = read_source_frame(store.config, source, keys=[spec.join_key], dedup=False)
     uri = resolve_source_uri(store.config, source)
     ts_col = source.timestamp_field or "event_timestamp"
     key = spec.join_key
@@ -48,6 +49,10 @@ def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
     for n in names:
         out[n] = numeric(df[n]) if n in df.columns else np.full(len(df), np.nan)
     keep = sampled_keys(out[key], opts.sample_keys)
+    if opts.start_us is not None:
+        keep &= out["ts"].to_numpy() >= opts.start_us
+    if opts.end_us is not None:
+        keep &= out["ts"].to_numpy() < opts.end_us
     return out.loc[keep].reset_index(drop=True), uri
 
 

@@ -17,9 +17,11 @@ from feast_bytewax.skew.events import EventLog, SkewOptions, counted_mask
 KEY_SEP = "\x1f"
 
 
-def change_candidates(spec: EngineSpec, ev: pd.DataFrame, horizon: int) -> pd.DataFrame:
-    """(key, ts) of every time at which a key's batch value may change, up to `horizon`:
-    event times, visibility times of corrections, pane exits and session expiries."""
+def change_candidates(spec: EngineSpec, ev: pd.DataFrame, horizon: int,
+                      start: int | None = None) -> pd.DataFrame:
+    """(key, ts) of every time at which a key's batch value may change, from `start` (a
+    range replay: its first instant, where every key with a value has a row) up to
+    `horizon`: event times, visibility times of corrections, pane exits, session expiries."""
     key = spec.join_key
     t = ev["event_timestamp"].to_numpy()
     parts = [pd.DataFrame({key: ev[key].to_numpy(), "ts": t})]
@@ -34,8 +36,12 @@ def change_candidates(spec: EngineSpec, ev: pd.DataFrame, horizon: int) -> pd.Da
         else:
             when = t[m] + f.window_us
         parts.append(pd.DataFrame({key: ev[key].to_numpy()[m], "ts": when}))
+    if start is not None:
+        parts.append(pd.DataFrame({key: pd.unique(ev[key]), "ts": start}))
     pts = pd.concat(parts, ignore_index=True)
     pts = pts[pts["ts"] <= horizon]
+    if start is not None:
+        pts = pts[pts["ts"] >= start]
     return pts.drop_duplicates().reset_index(drop=True)
 
 

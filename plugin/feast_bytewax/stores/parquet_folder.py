@@ -1,23 +1,24 @@
-"""Append-only parquet-folder offline store: Feast's file store without the quadratic append.
+"""Parquet-folder offline store: Feast's file store, with commits instead of rewrites.
 
 Feast's built-in `file` (dask) offline store rewrites the whole parquet file on every offline
 write (`offline_write_batch` reads the old file, concatenates, writes it all back), and raises
 `IsADirectoryError` when the `FileSource` is a folder. This store keeps every other behaviour
 of the dask store (point-in-time joins, materialization pulls) and changes two things:
 
-- **Writes append.** `offline_write_batch` writes ONE new part file per call into the
-  `FileSource` folder, named `part-<unix ns, zero padded>-<uuid8>.parquet`. On a local disk the
-  file is written under a hidden temp name (`.part-....parquet.tmp`, which every parquet reader
-  here ignores) and renamed, so readers never see a partial file; on S3 a PUT is atomic.
-  Existing parts are never read back (only one part's schema, once per process) nor rewritten.
-  The folder is created if missing. Each batch is cast to the schema of the existing parts
-  (else to the Feast types of the view), so types stay stable across parts, e.g. an int64
-  feature whose first batch is all null.
-- **Reads go through `pyarrow.dataset`,** not `dask.dataframe.read_parquet`: the same code
-  reads a local folder or an `s3://` prefix (pyarrow's own S3 client, no s3fs), a single
-  parquet file (any `FileSource`), and an empty or missing folder, which reads as no rows
-  (so `get_historical_features` returns the entity rows with null features and a
-  materialization pulls nothing) instead of failing inside dask.
+- **Writes add part files under a commit log** (`stores.commits`): O(batch) per write, atomic
+  (a hidden temp name then a rename on a local disk, a PUT on S3), visible once a commit
+  marker lists them. Feast's own `push(to=OFFLINE)` commits each write at once; the
+  feast-bytewax sink commits with its Bytewax snapshots (`open_transaction`), so reruns,
+  retries and restarts never store a row twice, and a replay replaces its time range. Each
+  batch is cast to the Feast types of the view (stable types, e.g. an int64 feature whose
+  first batch is all null); a part carries the columns of its time (a feature added later
+  reads as null in older parts).
+- **Reads go through pyarrow,** not `dask.dataframe.read_parquet`: the same code reads a
+  local folder or an `s3://` prefix (pyarrow's own S3 client, no s3fs), a single parquet
+  file (any `FileSource`), and an empty or missing folder, which reads as no rows (so
+  `get_historical_features` returns the entity rows with null features and a
+  materialization pulls nothing) instead of failing inside dask. A folder reads as its
+  committed rows, one per identity (join keys, event timestamp).
 
 Part-file naming, listing, writing and schemas live in `feast_bytewax.stores.parquet_parts`;
 paths and URIs become pyarrow filesystems in `feast_bytewax.ingest.filesystems`.
@@ -38,9 +39,9 @@ Absolute paths and URIs (`s3://bucket/key`) are used as given. A `FileSource`'s 
 
 Limitations: Feast's own `FeatureStore.write_to_offline_store` / `push(to=OFFLINE)` first asks
 the `FileSource` for its columns (a `ParquetDataset` over the repo-relative path): that fails on
-an empty folder and ignores `root`. The feast-bytewax sink calls the provider directly and is
-not affected. Reads load the source into memory (as the dask store's `persist()` calls do
-anyway).
+an empty folder and ignores `root`. The feast-bytewax sink writes through `open_transaction`
+and is not affected. Reads load the source into memory (as the dask store's `persist()`
+calls do anyway).
 """
 
 from __future__ import annotations
@@ -66,14 +67,18 @@ from feast.repo_config import RepoConfig
 
 from feast_bytewax.ingest.filesystems import filesystem_for_uri, is_uri
 from feast_bytewax.stores._compat import with_reader
+from feast_bytewax.stores.commits import (
+    FolderTransaction,
+    new_run_id,
+    read_committed,
+    writer_id,
+)
 from feast_bytewax.stores.parquet_parts import (
     PARQUET_SUFFIXES,
-    SCHEMAS,
     TIMESTAMP_TYPE,
     conform_table,
     list_parts,
     view_arrow_fields,
-    write_part,
 )
 
 STORE_TYPE = "feast_bytewax.stores.parquet_folder.ParquetFolderOfflineStore"
@@ -154,20 +159,32 @@ def read_source_frame(
     config: RepoConfig,
     source: FileSource,
     hint: dict[str, pa.DataType] | None = None,
+    keys: list[str] | None = None,
+    dedup: bool = True,
 ) -> pd.DataFrame:
-    """Every row of a FileSource as pandas (integer columns as nullable `Int64`, timestamps as
-    `datetime64[ns, UTC]`); an empty or missing folder gives an empty frame with the columns of
-    `hint` (else just the timestamp columns)."""
+    """Every visible row of a FileSource as pandas (integer columns as nullable `Int64`,
+    timestamps as `datetime64[ns, UTC]`): the committed parts of a folder, replaced ranges
+    hidden, one row per identity (`keys` + the timestamp field; default: the keys the
+    writers declared) (`stores.commits`). A single parquet file reads as it is. An empty or
+    missing folder gives an empty frame with the columns of `hint` (else the timestamps);
+    columns of `hint` that older parts lack (a feature added since) read as nulls."""
     filesystem, path = source_filesystem(config, source)
     parts = list_parts(filesystem, path)
     ts_cols = [c for c in (source.timestamp_field, source.created_timestamp_column) if c]
-    if parts:
+    table = None
+    if parts and parts == [path]:
         table = pads.dataset(parts, filesystem=filesystem, format="parquet").to_table()
-    else:
-        fields = dict(hint or {})
-        for col in ts_cols:
-            fields.setdefault(col, TIMESTAMP_TYPE)
+    elif parts:
+        table = read_committed(filesystem, path, parts, source.timestamp_field, keys, dedup)
+    fields = dict(hint or {})
+    for col in ts_cols:
+        fields.setdefault(col, TIMESTAMP_TYPE)
+    if table is None:
         table = pa.schema(list(fields.items())).empty_table()
+    for name, dtype in fields.items():
+        if name not in table.column_names:
+            null_type = dtype if dtype != pa.null() else pa.string()
+            table = table.append_column(name, pa.nulls(table.num_rows, null_type))
     return _normalize_frame(table.to_pandas(types_mapper=_NULLABLE_INTS.get), ts_cols)
 
 
@@ -177,12 +194,16 @@ def _frame_to_dask(df: pd.DataFrame) -> dd.DataFrame:
 
 
 def _reader(
-    config: RepoConfig, hints: dict[str, dict[str, pa.DataType]]
+    config: RepoConfig, hints: dict[str, dict[str, pa.DataType]],
+    keys: dict[str, list[str]] | None = None,
 ) -> Callable[[DataSource, Any], dd.DataFrame]:
+    keys = keys or {}
+
     def read_datasource(data_source: DataSource, repo_path: Any = None) -> dd.DataFrame:
         if not isinstance(data_source, FileSource):
             raise TypeError(f"{STORE_TYPE} reads FileSources only, got {type(data_source)}")
-        return _frame_to_dask(read_source_frame(config, data_source, hints.get(data_source.name)))
+        return _frame_to_dask(read_source_frame(config, data_source, hints.get(data_source.name),
+                                                keys.get(data_source.name)))
 
     return read_datasource
 
@@ -213,7 +234,28 @@ def _pull(dask_pull: Callable, config: RepoConfig, data_source: DataSource,
     source = _check_source(data_source, "data_source")
     job = dask_pull(config, source, join_key_columns, feature_name_columns, *rest)
     hint = {c: pa.null() for c in join_key_columns + feature_name_columns}
-    return with_reader(job, _reader(config, {source.name: hint}))
+    return with_reader(job, _reader(config, {source.name: hint},
+                                    {source.name: list(join_key_columns)}))
+
+
+def open_transaction(config: RepoConfig, view: FeatureView, writer: str, mode: str,
+                     replace: tuple[int, int] | None = None,
+                     resume: dict | None = None) -> FolderTransaction:
+    """The commit-log writer of `view`'s batch-source folder (see `stores.commits`)."""
+    _check_config(config)
+    source = _check_source(view.batch_source, f"batch source of {view.name!r}")
+    filesystem, folder = source_filesystem(config, source)
+    if folder.endswith(PARQUET_SUFFIXES):
+        raise ValueError(
+            f"{STORE_TYPE} writes part files into a folder; the batch source "
+            f"{source.name!r} of {view.name!r} is a file: {source.path!r}"
+        )
+    kw = {"filesystem": filesystem, "folder": folder, "mode": mode, "replace": replace,
+          "keys": tuple(c.name for c in view.entity_columns),
+          "ts": source.timestamp_field or "event_timestamp"}
+    if resume is not None:
+        return FolderTransaction.resume(resume, **kw)
+    return FolderTransaction(writer=writer, **kw)
 
 
 class ParquetFolderOfflineStore(DaskOfflineStore):
@@ -233,16 +275,18 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
     ) -> RetrievalJob:
         _check_config(config)
         hints: dict[str, dict[str, pa.DataType]] = {}
+        keys: dict[str, list[str]] = {}
         for view in feature_views:
             source = _check_source(view.batch_source, f"batch source of {view.name!r}")
             hints.setdefault(source.name, {}).update(view_arrow_fields(view))
+            keys[source.name] = [c.name for c in view.entity_columns]
         job = DaskOfflineStore.get_historical_features(
             config, feature_views, feature_refs, entity_df, registry, project,
             full_feature_names=full_feature_names,
             filter_by_created_timestamp=filter_by_created_timestamp,
             **kwargs,
         )
-        return with_reader(job, _reader(config, hints))
+        return with_reader(job, _reader(config, hints, keys))
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -281,21 +325,13 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
         table: pa.Table,
         progress: Callable[[int], Any] | None,
     ) -> None:
-        """Append `table` as one new part file in the view's batch-source folder."""
-        _check_config(config)
-        source = _check_source(feature_view.batch_source, f"batch source of {feature_view.name!r}")
+        """Append `table` as one new part file, committed at once (Feast's own `push` and
+        `write_to_offline_store` come here; the feast-bytewax sink commits with its
+        snapshots instead, `open_transaction`)."""
         if table.num_rows == 0:
             return
-        filesystem, folder = source_filesystem(config, source)
-        if folder.endswith(PARQUET_SUFFIXES):
-            raise ValueError(
-                f"{STORE_TYPE} appends part files to a folder; the batch source "
-                f"{source.name!r} of {feature_view.name!r} is a file: {source.path!r}"
-            )
-        existing = SCHEMAS.get(filesystem, folder)
-        table = conform_table(table, feature_view, existing)
-        write_part(filesystem, folder, table)
-        if existing is None:
-            SCHEMAS.put(filesystem, folder, table.schema)
+        txn = open_transaction(config, feature_view, writer_id(new_run_id(), "0"), "live")
+        txn.write(conform_table(table, feature_view))
+        txn.finish()
         if progress:
             progress(table.num_rows)

@@ -1,0 +1,311 @@
+"""Commits of the parquet-folder offline store: what readers see, whatever crashed or reran.
+
+A batch-source folder holds part files and a commit log (`_commits/`), as lakehouse writers
+do it: a part becomes visible only when a commit marker lists it, and the marker is written
+atomically after its parts. So:
+
+- **Writers** (`FolderTransaction`, one per sink partition and folder) name their parts
+  deterministically, ``part-<writer>-s<seq>.parquet`` with ``<writer> = <run>-<nonce>-<part>``,
+  and write a marker ``_commits/<writer>-s<seq>.json`` at each Bytewax snapshot. A live run
+  commits at every snapshot; a replay *stages* at snapshots and commits once, at the end,
+  with the time range it replaces. A restart from a snapshot deletes the writer's parts and
+  markers written after it (their rows are produced again), so nothing is stored twice and
+  nothing half-written is ever read. Writes retried after a store error rewrite the same
+  part name.
+- **Readers** (`read_committed`) take the committed parts only (a part of ours that no
+  commit lists is a crashed or unfinished writer's: invisible; files of other origin, e.g.
+  an earlier layout, count as committed first), hide the rows of a replaced range that
+  was committed before (``replace``: a replay of [lo, hi] is the truth for that range; its
+  own other partitions, committing at about the same time, are spared), then
+  keep one row per identity (join keys, event timestamp): the most recently committed one.
+  Parts written under older definitions lack new columns: they read as nulls.
+
+A commit marker is JSON: ``{"v", "run", "writer", "seq", "kind": "commit"|"stage",
+"parts": [...], "replace": [lo_us, hi_us] | null, "keys": [...], "ts": column,
+"time_ns", "started_ns"}``. Commit order is ``time_ns`` (then the marker name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+COMMITS = "_commits"
+OUR_PART = re.compile(r"^part-(?P<writer>r[0-9A-Za-z-]+)-s(?P<seq>\d{8})\.parquet$")
+OUR_MARKER = re.compile(r"^(?P<writer>r[0-9A-Za-z-]+)-s(?P<seq>\d{8})\.json$")
+ORDER = "__fb_commit_order"
+FORMAT = 1
+
+
+def new_run_id(digest: str | None = None) -> str:
+    """`r<UTC time>-<hex>`: a fresh run, or (digest) one every process of a run agrees on."""
+    if digest is not None:
+        return f"r0-{digest[:12]}"
+    return f"r{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def writer_id(run: str, partition: str) -> str:
+    """`<run>-<nonce>-<partition>`: the nonce keeps two executions of one run (a replay run
+    again) from ever writing the same file names."""
+    return f"{run}-{uuid.uuid4().hex[:8]}-{partition}"
+
+
+def part_name(writer: str, seq: int) -> str:
+    return f"part-{writer}-s{seq:08d}.parquet"
+
+
+def marker_name(writer: str, seq: int) -> str:
+    return f"{writer}-s{seq:08d}.json"
+
+
+def _is_local(filesystem: pafs.FileSystem) -> bool:
+    return isinstance(filesystem, pafs.LocalFileSystem)
+
+
+def _put(filesystem: pafs.FileSystem, path: str, write: Any) -> None:
+    """Write a file atomically: a hidden temp name then a rename on a local disk (a reader
+    never sees half a file, a crash leaves only a hidden temp); a PUT on object storage."""
+    folder, _, name = path.rpartition("/")
+    if not _is_local(filesystem):
+        write(path)
+        return
+    filesystem.create_dir(folder, recursive=True)
+    temp = f"{folder}/.{name}.tmp"
+    try:
+        write(temp)
+        filesystem.move(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            filesystem.delete_file(temp)
+        raise
+
+
+def write_part_file(filesystem: pafs.FileSystem, folder: str, name: str,
+                    table: pa.Table) -> str:
+    path = f"{folder}/{name}"
+    _put(filesystem, path, lambda p: pq.write_table(table, p, filesystem=filesystem))
+    return path
+
+
+def write_marker(filesystem: pafs.FileSystem, folder: str, marker: dict) -> None:
+    data = json.dumps(marker, sort_keys=True).encode()
+    path = f"{folder}/{COMMITS}/{marker_name(marker['writer'], marker['seq'])}"
+
+    def write(p: str) -> None:
+        with filesystem.open_output_stream(p) as out:
+            out.write(data)
+
+    _put(filesystem, path, write)
+
+
+def _children(filesystem: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
+    return [i for i in filesystem.get_file_info(selector) if i.type == pafs.FileType.File]
+
+
+def read_markers(filesystem: pafs.FileSystem, folder: str) -> list[dict]:
+    """Every commit marker, in commit order."""
+    out = []
+    for info in _children(filesystem, f"{folder}/{COMMITS}"):
+        if not OUR_MARKER.match(info.base_name):
+            continue
+        with filesystem.open_input_stream(info.path) as f:
+            out.append(json.loads(f.read()))
+    out.sort(key=lambda m: (m["time_ns"], marker_name(m["writer"], m["seq"])))
+    return out
+
+
+@dataclass
+class FolderTransaction:
+    """The offline writes of one sink partition to one folder, committed with snapshots.
+
+    `mode` is ``live`` (commit at every snapshot) or ``replay`` (stage at snapshots, commit
+    at `finish` with `replace`). `state()` is the partition's Bytewax resume state.
+    """
+
+    filesystem: pafs.FileSystem
+    folder: str
+    writer: str
+    mode: str
+    keys: tuple[str, ...]
+    ts: str
+    replace: tuple[int, int] | None = None
+    seq: int = 0
+    staged: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    done: bool = False
+    started_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def run(self) -> str:
+        return self.writer.rsplit("-", 2)[0]
+
+    def write(self, table: pa.Table) -> str:
+        """Write the next part (not visible until committed). Idempotent under retries: a
+        failed attempt is rewritten under the same name."""
+        name = part_name(self.writer, self.seq)
+        write_part_file(self.filesystem, self.folder, name, table)
+        self.pending.append(name)
+        self.seq += 1
+        return name
+
+    def _marker(self, kind: str, parts: list[str], replace: tuple[int, int] | None) -> None:
+        write_marker(self.filesystem, self.folder, {
+            "v": FORMAT, "run": self.run, "writer": self.writer, "seq": self.seq,
+            "kind": kind, "parts": parts, "replace": list(replace) if replace else None,
+            "keys": list(self.keys), "ts": self.ts, "time_ns": time.time_ns(),
+            "started_ns": self.started_ns,
+        })
+
+    def checkpoint(self) -> dict:
+        """At a Bytewax snapshot: commit (live) or stage (replay) what was written since."""
+        if self.pending and not self.done:
+            self._marker("commit" if self.mode == "live" else "stage", self.pending, None)
+            self.staged += self.pending
+            self.pending = []
+        return self.state()
+
+    def finish(self, replace: tuple[int, int] | None = None) -> None:
+        """End of input: a replay commits everything it wrote, replacing its range (`replace`,
+        else the one it was opened with)."""
+        if self.done:
+            return
+        if self.mode == "live":
+            self.checkpoint()
+        else:
+            self._marker("commit", self.staged + self.pending, replace or self.replace)
+            self.staged += self.pending
+            self.pending = []
+        self.done = True
+
+    def state(self) -> dict:
+        return {"writer": self.writer, "seq": self.seq, "staged": list(self.staged),
+                "done": self.done, "started_ns": self.started_ns}
+
+    def rollback_after(self, seq: int) -> None:
+        """Delete this writer's parts and markers from after a snapshot (they are produced
+        again by the resumed run), and its temp files."""
+        for info in _children(self.filesystem, self.folder):
+            m = OUR_PART.match(info.base_name)
+            stale_temp = (info.base_name.startswith(f".part-{self.writer}-")
+                          and info.base_name.endswith(".tmp"))
+            if stale_temp or (m and m["writer"] == self.writer and int(m["seq"]) >= seq):
+                self.filesystem.delete_file(info.path)
+        for info in _children(self.filesystem, f"{self.folder}/{COMMITS}"):
+            m = OUR_MARKER.match(info.base_name)
+            if m and m["writer"] == self.writer and int(m["seq"]) > seq:
+                self.filesystem.delete_file(info.path)
+
+    @classmethod
+    def resume(cls, state: dict, **kw: Any) -> FolderTransaction:
+        txn = cls(writer=state["writer"], seq=state["seq"], staged=list(state["staged"]),
+                  done=state["done"], started_ns=state["started_ns"], **kw)
+        txn.rollback_after(txn.seq)
+        return txn
+
+
+@dataclass(frozen=True)
+class Visible:
+    """A committed part: its commit's order, run and time."""
+
+    path: str
+    order: int
+    run: str | None
+    time_ns: int
+
+
+@dataclass(frozen=True)
+class Replace:
+    """A replay's commit: rows of `[lo, hi]` committed before it are hidden, except those of
+    its own run committed since it started (its other partitions, other processes)."""
+
+    order: int
+    run: str
+    started_ns: int
+    lo: int
+    hi: int
+
+    def hides(self, part: Visible) -> bool:
+        if part.order >= self.order:
+            return False
+        return not (part.run == self.run and part.time_ns >= self.started_ns)
+
+
+def visible_parts(filesystem: pafs.FileSystem, folder: str,
+                  data_files: list[str]) -> tuple[list[Visible], list[Replace], list[str]]:
+    """The visible parts, the replaced ranges, the identity columns the writers declared."""
+    markers = read_markers(filesystem, folder)
+    committed: dict[str, tuple[int, str, int]] = {}
+    replaces = []
+    keys: list[str] = []
+    for order, m in enumerate(markers):
+        if m["kind"] != "commit":
+            continue
+        for p in m["parts"]:
+            committed[p] = (order, m["run"], m["time_ns"])
+        if m.get("replace"):
+            lo, hi = m["replace"]
+            replaces.append(Replace(order, m["run"], m.get("started_ns", m["time_ns"]), lo, hi))
+        keys = m.get("keys") or keys
+    out = []
+    for path in data_files:
+        name = path.rsplit("/", 1)[-1]
+        if name in committed:
+            out.append(Visible(path, *committed[name]))
+        elif not OUR_PART.match(name):
+            out.append(Visible(path, -1, None, 0))  # not ours: an earlier layout, a user's
+    return out, replaces, keys
+
+
+def read_committed(filesystem: pafs.FileSystem, folder: str, data_files: list[str],
+                   ts: str, keys: list[str] | None = None,
+                   dedup: bool = True) -> pa.Table | None:
+    """The folder as readers must see it (see the module docstring); None if it has no
+    visible part. `dedup=False` keeps superseded copies of an identity (the skew report
+    counts them: a live run restarted without recovery writes its rows again)."""
+    parts, replaces, declared = visible_parts(filesystem, folder, data_files)
+    if not parts:
+        return None
+    keys = list(keys or declared)
+    tables = []
+    for part in parts:
+        t = pq.read_table(part.path, filesystem=filesystem)
+        hide = [(r.lo, r.hi) for r in replaces if r.hides(part)]
+        if hide and ts in t.column_names:
+            us = pc.cast(pc.cast(t[ts], pa.timestamp("us", tz="UTC")), pa.int64())
+            drop = None
+            for lo, hi in hide:
+                inside = pc.and_(pc.greater_equal(us, lo), pc.less_equal(us, hi))
+                drop = inside if drop is None else pc.or_(drop, inside)
+            t = t.filter(pc.invert(pc.fill_null(drop, False)))
+        tables.append(t.append_column(ORDER, pa.array([part.order] * t.num_rows, pa.int32())))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    ident = [c for c in [*keys, ts] if c in table.column_names]
+    if dedup and len(ident) == len(keys) + 1 and table.num_rows:
+        table = _latest_per_identity(table, ident)
+    return table.drop_columns([ORDER])
+
+
+def _latest_per_identity(table: pa.Table, ident: list[str]) -> pa.Table:
+    """One row per identity: the one committed last (then the one written last)."""
+    n = table.num_rows
+    rank = pc.sort_indices(pa.table({ORDER: table[ORDER], "__row": pa.array(range(n))}),
+                           [(ORDER, "ascending"), ("__row", "ascending")])
+    ranked = table.take(rank)
+    keyed = ranked.select(ident).append_column("__pos", pa.array(range(n), pa.int64()))
+    last = keyed.group_by(ident, use_threads=False).aggregate([("__pos", "max")])
+    if last.num_rows == n:
+        return table  # no identity repeats: the usual case
+    return ranked.take(np.sort(last.column("__pos_max").to_numpy()))
