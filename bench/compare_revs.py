@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import statistics
@@ -38,7 +39,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run_bench import BENCH, ROOT, _git, export_rev, fmt_int, load_avg, uptime
+from bench.run_bench import (
+    BENCH,
+    ROOT,
+    _git,
+    export_rev,
+    fmt_int,
+    load_avg,
+    machine_busy_s,
+    others_cores,
+    uptime,
+)
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 HEADING = "## Same-run comparison of two revisions"
@@ -100,7 +111,7 @@ def run_child(side: Side, mode: str, out: Path, events: Path, timeout: float,
     env = dict(os.environ, PYTHONPATH=str(side.src))
     cmd = [sys.executable, "-P", str(CHILD), mode, "--events", str(events), "--out", str(res),
            "--expect", str(side.src), *extra]
-    t0 = time.perf_counter()
+    t0, busy0, kids0 = time.perf_counter(), machine_busy_s(), _children_cpu()
     try:
         proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True,
                               timeout=timeout)
@@ -110,8 +121,16 @@ def run_child(side: Side, mode: str, out: Path, events: Path, timeout: float,
         tail = (proc.stdout[-1500:] + proc.stderr[-3000:]).strip()
         raise SystemExit(f"{side.label()} {mode} failed (exit {proc.returncode}):\n{tail}")
     result = json.loads(res.read_text())
-    result["child_wall_seconds"] = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    result["child_wall_seconds"] = wall
+    result["others_cores"] = others_cores(busy0, machine_busy_s(), _children_cpu() - kids0,
+                                          wall)
     return result
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def measure(side: Side, mode: str, out: Path, events: Path, timeout: float) -> dict[str, Any]:
@@ -122,7 +141,8 @@ def measure(side: Side, mode: str, out: Path, events: Path, timeout: float) -> d
     side.results[mode].append(r)
     print(f"  {mode:6s} {side.label():24s} {r['events']:,} events in {r['seconds']:.2f} s = "
           f"{r['events_per_s']:,.0f} events/s ({fmt_int(r['events_per_cpu_s'])} per CPU-s), "
-          f"rows {r['rows']:,}, load {r['load1_at_start']:.2f}", flush=True)
+          f"rows {r['rows']:,}, load {r['load1_at_start']:.2f}, other processes "
+          f"{r['others_cores']:.2f} cores", flush=True)
     return r
 
 
@@ -246,8 +266,15 @@ def render(base: Side, new: Side, args, argv: list[str], info: dict, started: st
             "registry, the dataflow, the Feast writes); CPU = the process's (all threads). "
             f"The CLI's own figure (dataflow only, 0.1 s resolution): {flow_s} s. `apply` "
             f"untimed ({apply_s}).")
+    others = "; ".join(f"{m} {s.role}: " + ", ".join(f"{r['others_cores']:.2f}"
+                                                     for r in s.results[m])
+                       for m in MEASURES for s in (base, new)
+                       if s.results[m] and all("others_cores" in r for r in s.results[m]))
+    if others:
+        lines.append(f"- other processes' CPU while each child ran (cores, of "
+                     f"{os.cpu_count()}; the machine's CPU time minus the child's): {others}.")
     lines += [
-        "- 1-min load average at the start of each child: "
+        "- 1-min load average at the start of each child (counts the child's own start): "
         + "; ".join(f"{m} {s.role}: " + ", ".join(f"{r['load1_at_start']:.2f}"
                                                    for r in s.results[m])
                     for m in MEASURES for s in (base, new) if s.results[m]) + ".",

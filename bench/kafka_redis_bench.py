@@ -69,6 +69,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.run_bench import machine_busy_s
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 PUSH_SOURCE = "user_features_push"
@@ -318,15 +320,6 @@ def proc_cpu_s(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def machine_busy_s() -> float:
-    """CPU seconds spent by everything on the machine (all cores), from /proc/stat."""
-    try:
-        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
         return 0.0
 
 

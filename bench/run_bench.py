@@ -103,6 +103,20 @@ def load_avg(text: str) -> str:
     return text.rsplit("load average:", 1)[-1].strip()
 
 
+def machine_busy_s() -> float:
+    """CPU seconds spent by everything on the machine (all cores), from /proc/stat."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return 0.0
+
+
+def others_cores(busy0: float, busy1: float, own_cpu_s: float, wall_s: float) -> float:
+    """Cores the rest of the machine used meanwhile: all CPU minus the child's own."""
+    return round(max(0.0, busy1 - busy0 - own_cpu_s) / wall_s, 2) if wall_s > 0 else 0.0
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout.strip()
@@ -165,7 +179,7 @@ def run_child(run: Run, spec: Path, out: Path, args) -> None:
            str(res.resolve()), "--epoch",
            str(args.epoch), *(("--skip", *run.skip) if run.skip else ()), *run.extra]
     print(f"[{run.rid}] {run.label} ...", flush=True)
-    t0 = time.perf_counter()
+    t0, busy0 = time.perf_counter(), machine_busy_s()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     limit = int(args.max_rss_gb * 2**30)
@@ -193,11 +207,13 @@ def run_child(run: Run, spec: Path, out: Path, args) -> None:
     # high-water mark over fork+exec into it, so every child would show >= this process.
     run.maxrss = sampled
     wall = time.perf_counter() - t0
+    others = others_cores(busy0, machine_busy_s(), _ru.ru_utime + _ru.ru_stime, wall)
     if killed or proc.returncode != 0 or not res.exists():
         run.status = killed or f"failed (exit {proc.returncode})"
         print(f"[{run.rid}] {run.status}\n{log[-3000:]}", flush=True)
         return
     run.result = json.loads(res.read_text())
+    run.result["others_cores"] = others
     run.status = "ok"
     if args.rev and not run.result.get("feast_bytewax", "").startswith(sys.path[0]):
         run.status = f"failed: measured {run.result.get('feast_bytewax')}, not --rev"
@@ -207,7 +223,7 @@ def run_child(run: Run, spec: Path, out: Path, args) -> None:
     r = run.result
     print(f"[{run.rid}] {r['events']:,} events in {r['seconds']:.2f} s = "
           f"{r['events'] / r['seconds']:,.0f} events/s, peak RSS {run.maxrss / 2**20:,.0f} MB "
-          f"(child wall {wall:.1f} s)", flush=True)
+          f"(child wall {wall:.1f} s; other processes {others:.2f} cores)", flush=True)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -364,6 +380,8 @@ def facts_of(r: Run) -> str:
             out.append(f"{res['rows_offline']:,} rows offline, {res['rows_online']:,} online "
                        f"(latest per key per flush); feast apply {res['apply_seconds']:.1f} s "
                        "not timed")
+    if res.get("others_cores") is not None:
+        out.append(f"other processes used {res['others_cores']:.2f} cores meanwhile")
     return "; ".join(out)
 
 
