@@ -121,6 +121,10 @@ class FlowConfig(EventTimeConfig):
     recovery_dir: Path | None = Field(None, description="Bytewax recovery directory: state, "
                                                         "offsets and commits survive a crash "
                                                         "(created when empty)")
+    new_features: Literal["refuse", "cold"] = Field(
+        "refuse", description="a restart whose definitions gained features: refuse (and say "
+                              "what to run), or start them cold (they count events from the "
+                              "restart on)")
 
     @property
     def dead_letter_file(self) -> Path:
@@ -264,6 +268,18 @@ class SkewConfig(EventTimeConfig):
                                                  "the only one)")
 
     _check_start = field_validator("start", "end")(_aware)
+
+
+class RedriveConfig(RepoSettings):
+    """`feast-bytewax redrive`: dead letters back out as event JSON lines."""
+
+    model_config = _settings()
+
+    dead_letters: Path = Field(Path("data/dead_letters.jsonl"),
+                               description="the dead-letter JSON-lines file (relative to --repo)")
+    out: Path = Field(..., description="JSON-lines file of the payloads, to fix and add to the "
+                                       "event archive")
+    kind: Literal["all", "rejected", "late"] = Field("all", description="which dead letters")
 
 
 def option_name(field: str) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import traceback
 import warnings
 from importlib.metadata import version
 from typing import Any
@@ -28,6 +30,8 @@ COMMANDS = {
     "run": ("feast_bytewax.cli.run", "run the live dataflow from a Kafka topic"),
     "skew": ("feast_bytewax.cli.skew", "recompute features in batch and compare with what "
                                        "was written"),
+    "redrive": ("feast_bytewax.cli.redrive", "write dead letters back out as events, to fix "
+                                             "and replay"),
 }
 
 
@@ -51,6 +55,14 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except FeastBytewaxError as e:
             raise click.ClickException(str(e)) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:  # not expected: still one line (and the trace on demand)
+            if os.environ.get("FEAST_BYTEWAX_DEBUG", "") not in ("", "0"):
+                traceback.print_exc()
+            text = " ".join(str(e).split())[:400]
+            raise click.ClickException(f"{type(e).__name__}: {text} (FEAST_BYTEWAX_DEBUG=1 "
+                                       "shows the traceback)") from None
 
 
 @click.group(cls=LazyGroup, help=__doc__.split("\n\n")[0],

@@ -14,10 +14,11 @@ One JSON object per line:
   "payload": {the event as a JSON object the validator accepts}}`` (`records.event_payload`),
   so a late event can be fed back as it is.
 
-Exactly-once with bytewax recovery: the snapshot of a partition is the byte size of its file
-after a flush, and a resumed partition truncates its file to that size before writing, so the
-lines replayed after the last snapshot are not duplicated. A fresh run (no resume state)
-starts the file empty. Lines are flushed at every snapshot (epoch end) and on close.
+Dead letters accumulate across runs: a fresh run appends to the file. Exactly-once with
+bytewax recovery: the snapshot of a partition is the byte size of its file after a flush,
+and a resumed partition truncates its file to that size before writing, so the lines replayed
+after the last snapshot are not duplicated (a crash before the first snapshot: see
+`_start_size`). Lines are flushed at every snapshot (epoch end) and on close.
 """
 
 from __future__ import annotations
@@ -51,15 +52,29 @@ def _part_path(path: Path, i: int, parts: int) -> Path:
     return path.with_name(f"{path.stem}.p{i}{path.suffix or '.jsonl'}")
 
 
+def _start_size(path: Path, recovery: str | None) -> int:
+    """Where a fresh run starts appending. With recovery, a fresh start may be the restart of
+    an attempt that crashed before its first snapshot: the sidecar written by that attempt
+    (same recovery directory) says where it started, and its lines are replaced."""
+    size = path.stat().st_size if path.exists() else 0
+    if recovery is None:
+        return size
+    side = path.with_name(path.name + ".start")
+    if side.exists():
+        mark = json.loads(side.read_text())
+        if mark.get("recovery") == recovery:
+            return min(int(mark["size"]), size)
+    side.write_text(json.dumps({"recovery": recovery, "size": size}))
+    return size
+
+
 class _DeadLetterPartition(StatefulSinkPartition[Rejected | Late, int]):
-    def __init__(self, path: Path, resume_state: int | None):
+    def __init__(self, path: Path, resume_state: int | None, recovery: str | None):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_state is None:
-            self._f = open(path, "wb")  # noqa: SIM115 - closed in close()
-        else:
-            size = path.stat().st_size if path.exists() else 0
-            self._f = open(path, "ab")  # noqa: SIM115 - appends always land at the end
-            self._f.truncate(min(int(resume_state), size))
+        size = path.stat().st_size if path.exists() else 0
+        keep = _start_size(path, recovery) if resume_state is None else int(resume_state)
+        self._f = open(path, "ab")  # noqa: SIM115 - closed in close(); appends land at the end
+        self._f.truncate(min(keep, size))
         self.written = 0
 
     def write_batch(self, values: list[Rejected | Late]) -> None:
@@ -84,11 +99,12 @@ class DeadLetterSink(FixedPartitionedSink[Rejected | Late, int]):
     :arg parts: number of partitions/files (default 1: dead letters are rare).
     """
 
-    def __init__(self, path: str | Path, parts: int = 1):
+    def __init__(self, path: str | Path, parts: int = 1, recovery: str | Path | None = None):
         if parts < 1:
             raise ValueError("parts must be >= 1")
         self.path = Path(path)
         self.parts = parts
+        self.recovery = None if recovery is None else str(Path(recovery).resolve())
 
     def list_parts(self) -> list[str]:
         return [str(i) for i in range(self.parts)]
@@ -96,7 +112,8 @@ class DeadLetterSink(FixedPartitionedSink[Rejected | Late, int]):
     def build_part(
         self, step_id: str, for_part: str, resume_state: int | None
     ) -> _DeadLetterPartition:
-        return _DeadLetterPartition(_part_path(self.path, int(for_part), self.parts), resume_state)
+        return _DeadLetterPartition(_part_path(self.path, int(for_part), self.parts),
+                                    resume_state, self.recovery)
 
     def files(self) -> list[Path]:
         return [_part_path(self.path, i, self.parts) for i in range(self.parts)]
@@ -119,3 +136,24 @@ def count_by_code(records: Any) -> dict[str, int]:
     for r in records:
         out[r["code"]] = out.get(r["code"], 0) + 1
     return out
+
+
+def redrive(path: str | Path, out: str | Path, kinds: tuple[str, ...] = ("rejected", "late"),
+            parts: int = 1) -> dict[str, int]:
+    """Write the payloads of dead letters back out as event JSON lines (a rejected record's
+    original text as it was, a late event as the object the validator accepts), so that,
+    fixed where needed, they can join the event archive and be replayed with their range.
+    Returns how many of each kind were written."""
+    counts = dict.fromkeys(kinds, 0)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "w", encoding="utf-8") as fh:
+        for record in read_dead_letters(path, parts):
+            kind = record.get("kind")
+            if kind not in counts:
+                continue
+            payload = record.get("payload")
+            line = payload if isinstance(payload, str) else json.dumps(payload, default=str)
+            fh.write(line.replace("\n", " ") + "\n")
+            counts[kind] += 1
+    return counts

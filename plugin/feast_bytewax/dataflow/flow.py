@@ -137,7 +137,7 @@ def build_flow(
         name = entity.join_key
         keyed = op.flat_map_batch(f"route_{name}", split.falses, _router(entity, shards, stats))
         step = FeatureStepConfig(entity, engine_config(cfg, partitions, emit_from), stats,
-                                 lifecycle)
+                                 lifecycle, cfg.new_features)
         out = op.stateful_batch(f"features_{name}", keyed, step.build)
         rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
         if isinstance(feature_sink, Sink):

@@ -106,7 +106,7 @@ def with_declared_stream(cfg: LiveConfig, spec: FlowSpec) -> LiveConfig:
 def check_topic(brokers: Sequence[str], topic: str, options: Mapping[str, str],
                 timeout_s: float = 30.0) -> None:
     """Fail fast when a topic we will produce to is missing (auto-create may create it)."""
-    client = AdminClient({"bootstrap.servers": ",".join(brokers), **options})
+    client = AdminClient({"bootstrap.servers": ",".join(brokers), "log_level": "2", **options})
     try:
         md = client.list_topics(topic, timeout=timeout_s)
     except Exception as e:
@@ -123,7 +123,7 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
     """The live dataflow; returns ``(flow, LiveParts)``."""
     repo = check_repo(cfg.repo)
     if spec is None:
-        spec = load_flow_spec(open_store(repo))
+        spec = load_flow_spec(open_store(repo, check_online=cfg.online))
     cfg = with_declared_stream(cfg, spec)
     brokers, topic = parse_kafka_url(cfg.source)
     options = kafka_options(cfg.kafka_option, environ)
@@ -156,7 +156,7 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
     else:
         path = cfg.dead_letter_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        dead = DeadLetterSink(path)
+        dead = DeadLetterSink(path, recovery=cfg.recovery_dir)
         where = str(path)
     flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, live=True,
                       observe=recorder.observe_batch, lifecycle=lifecycle)

@@ -72,7 +72,7 @@ def build_replay_flow(cfg: ReplayConfig, stats: FlowStats, spec: FlowSpec | None
     """The replay dataflow and its dead-letter file, for `cfg.events` (else the archive)."""
     repo = check_repo(cfg.repo)
     if spec is None:
-        spec = load_flow_spec(open_store(repo))
+        spec = load_flow_spec(open_store(repo, check_online=cfg.online))
     path = events_path(cfg, spec)
     try:  # before the dataflow starts: inside it, a missing file is a Rust panic
         files = resolve_event_files(path, cfg.s3_endpoint)
@@ -107,8 +107,9 @@ def build_replay_flow(cfg: ReplayConfig, stats: FlowStats, spec: FlowSpec | None
     dead_path.parent.mkdir(parents=True, exist_ok=True)
     source = EventFileSource(path, batch_size=cfg.batch_size, start=read_from, end=cfg.end,
                              columns=spec.schema.columns, s3_endpoint_override=cfg.s3_endpoint)
-    flow = build_flow("replay", cfg, spec, source, sink_for, DeadLetterSink(dead_path), stats,
-                      lifecycle=lifecycle, emit_from=start_us)
+    dead = DeadLetterSink(dead_path, recovery=cfg.recovery_dir)
+    flow = build_flow("replay", cfg, spec, source, sink_for, dead, stats, lifecycle=lifecycle,
+                      emit_from=start_us)
     return flow, dead_path
 
 

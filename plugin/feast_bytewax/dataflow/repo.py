@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import feast.stream_feature_view  # noqa: F401  (installs Feast's warning filter first)
+import redis
 from feast import FeatureStore
 from feast.repo_config import load_repo_config
 from feast.repo_operations import apply_total, parse_repo
@@ -45,11 +46,47 @@ def check_repo(repo_path: str | Path) -> Path:
     return repo
 
 
-def open_store(repo_path: str | Path) -> FeatureStore:
-    """A `FeatureStore` on the repo."""
+def open_store(repo_path: str | Path, check_online: bool = False) -> FeatureStore:
+    """A `FeatureStore` on the repo; a yaml Feast cannot read, or (`check_online`) an online
+    store that cannot be reached, is a `ConfigError` saying what to fix."""
     repo = check_repo(repo_path)
     quiet_feast_warnings()
-    return FeatureStore(repo_path=str(repo))
+    try:
+        store = FeatureStore(repo_path=str(repo))
+    except Exception as e:
+        raise ConfigError(f"{repo / 'feature_store.yaml'}: Feast cannot load it: "
+                          f"{' '.join(str(e).split())[:300]}") from None
+    if check_online:
+        check_online_store(store)
+    return store
+
+
+def check_online_store(store: FeatureStore) -> None:
+    """Before a run starts: an unset variable in the online store settings, or a Redis that
+    does not answer, as one line (inside the dataflow it would be a panic, or a hang)."""
+    cfg = store.config.online_store
+    conn = getattr(cfg, "connection_string", None)
+    if conn is None:
+        return
+    if "$" in conn:
+        raise ConfigError(f"online_store.connection_string is {conn!r} in feature_store.yaml: "
+                          "the variable is not set (e.g. export FEAST_REDIS=localhost:6379)")
+    nodes = [c for c in conn.split(",") if "=" not in c]
+    params = dict(c.split("=", 1) for c in conn.split(",") if "=" in c)
+    host, _, port = (nodes[0] if nodes else "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"online_store.connection_string {conn!r}: expected host:port[,...]")
+    client = redis.Redis(host=host, port=int(port), db=int(params.get("db", 0) or 0),
+                         password=params.get("password") or None,
+                         ssl=str(params.get("ssl", "")).lower() == "true",
+                         socket_timeout=3, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        raise ConfigError(f"cannot reach the Redis online store at {host}:{port}: {e} (start "
+                          "it, or fix FEAST_REDIS / online_store.connection_string)") from None
+    finally:
+        client.close()
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from typing import Any
 from bytewax.operators import StatefulBatchLogic
 
 from feast_bytewax.dataflow.lifecycle import RunLifecycle
+from feast_bytewax.dataflow.runtime import fatal_stop
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.stats import FlowStats
@@ -27,10 +28,21 @@ class FeatureStepConfig:
     engine: EngineConfig
     stats: FlowStats | None = None
     lifecycle: RunLifecycle | None = None
+    new_features: str = "refuse"
 
     def build(self, resume_state: bytes | None) -> ShardLogic:
-        return ShardLogic(ShardEngine(self.spec, self.engine, resume_state), self.stats,
-                          self.spec.join_key, self.lifecycle)
+        engine = ShardEngine(self.spec, self.engine, resume_state)
+        report = engine.restore_report
+        if report is not None and report.new and self.new_features == "refuse":
+            lookback_h = self.spec.lookback_us / 3.6e9
+            fatal_stop(
+                f"the definitions gained {report.new} since the recovery snapshot; their "
+                f"windows would start empty. Either restart with --new-features cold (they "
+                f"count events from the restart on; {lookback_h:g} h later a "
+                "`feast-bytewax replay --start <restart - that> --end <now>` of the archive "
+                "rewrites their past rows), or start with an empty --recovery-dir after "
+                "replaying the archive", self.stats)
+        return ShardLogic(engine, self.stats, self.spec.join_key, self.lifecycle)
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):

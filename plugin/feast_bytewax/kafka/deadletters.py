@@ -142,7 +142,8 @@ class KafkaDeadLetterSink(KafkaSink):
         self.timeout_s = timeout_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> DeadLetterPartition:
-        config = {"bootstrap.servers": ",".join(self._brokers), **self._add_config}
+        config = {"bootstrap.servers": ",".join(self._brokers), "log_level": "2",
+                  **self._add_config}
         return DeadLetterPartition(Producer(config), self._topic, self.late_topic,
                                     self.timeout_s)
 

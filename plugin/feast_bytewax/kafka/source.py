@@ -286,7 +286,10 @@ class KafkaEventSource(FixedPartitionedSource[tuple[Any, str], int | None]):
             raise ValueError("batch_size must be >= 1")
         self.brokers = list(brokers)
         self.topic = topic
-        self.options = dict(options or {})
+        # librdkafka logs every failed connection to stderr on its own; the same errors reach
+        # `error_cb` (counted, logged rate-limited) and the listing's one-line error, so its
+        # own log is quiet unless asked for (`--kafka-option log_level=7`).
+        self.options = {"log_level": "2", **dict(options or {})}
         self.stop = stop if stop is not None else StopControl()
         self.list_timeout_s = list_timeout_s
         self.errors = ErrorBook(topic)

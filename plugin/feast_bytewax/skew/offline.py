@@ -34,10 +34,11 @@ def offline_sources(store: Any, spec: EngineSpec) -> list[tuple[Any, list[str]]]
 
 
 def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
-                 opts: SkewOptions) -> tuple[pd.DataFrame, str]:
+                 opts: SkewOptions, since: int | None = None) -> tuple[pd.DataFrame, str]:
     """The batch source's visible rows: join key, `ts` (int us), features (float64/NaN), in
     commit order, superseded copies of an identity included (they are reported as
-    duplicates); with a range (--start), the rows in it."""
+    duplicates); with a range (--start/--end), the rows in it, else the rows from `since`
+    (the log's first event: earlier rows, e.g. of an older run, are not the log's to check)."""
 
     df = read_source_frame(store.config, source, keys=[spec.join_key], dedup=False)
     uri = resolve_source_uri(store.config, source)
@@ -49,8 +50,9 @@ def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
     for n in names:
         out[n] = numeric(df[n]) if n in df.columns else np.full(len(df), np.nan)
     keep = sampled_keys(out[key], opts.sample_keys)
-    if opts.start_us is not None:
-        keep &= out["ts"].to_numpy() >= opts.start_us
+    lo = opts.start_us if opts.start_us is not None else since
+    if lo is not None:
+        keep &= out["ts"].to_numpy() >= lo
     if opts.end_us is not None:
         keep &= out["ts"].to_numpy() < opts.end_us
     return out.loc[keep].reset_index(drop=True), uri

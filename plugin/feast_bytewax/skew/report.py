@@ -142,7 +142,8 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
     sources = offline_sources(store, spec)
     offline_frames = []
     for source, names in sources:
-        off, uri = read_offline(store, spec, source, names, opts)
+        first = int(ev["event_timestamp"].min()) if len(ev) else None
+        off, uri = read_offline(store, spec, source, names, opts, since=first)
         offline_frames.append((source, names, off, uri))
     service = _service(store, spec, service_name)
     logs = read_logs(store, service)

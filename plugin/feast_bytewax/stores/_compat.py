@@ -1,12 +1,13 @@
 """The Feast internals the plugin relies on, behind one checked door.
 
-Feast 0.67 has no public API for three things this package needs:
+Feast 0.67 has no public API for four things this package needs:
 
 - the provider of a `FeatureStore` (`FeatureStore._get_provider()`): the sink writes through
   it directly (`ingest_df`, `ingest_df_to_offline_store`), skipping `push`'s per-call
   registry rebuild and its once-per-view offline write;
 - Feast's Redis field hashing (`feast.infra.online_stores.helpers._mmh3`): the fast Redis
-  writer must produce Feast's exact hash keys;
+  writer must produce Feast's exact hash keys; and the Redis store's client
+  (`RedisOnlineStore._get_client`), to give it a write timeout;
 - the dask offline store's reader: its retrieval jobs call the module-level
   `_read_datasource` (and `DaskOfflineStore.evaluate_offline_job`) from lazily evaluated
   closures; the parquet-folder store re-binds copies of those closures to its own reader
@@ -39,6 +40,11 @@ if not FEAST_VERSION.startswith(WRITTEN_FOR):
 def provider_of(store: Any) -> Any:
     """The provider a `FeatureStore` writes through."""
     return store._get_provider()
+
+
+def redis_client(store: Any, config: Any) -> Any:
+    """The redis-py client of a Feast `RedisOnlineStore` (its `_get_client`)."""
+    return store._get_client(config)
 
 
 def redis_field_hash(name: str) -> bytes:

@@ -71,7 +71,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from redis.exceptions import NoScriptError
 
-from feast_bytewax.stores._compat import redis_field_hash
+from feast_bytewax.stores._compat import redis_client, redis_field_hash
 from feast_bytewax.stores.redis_encoding import (
     encode_column,
     entity_key_bytes,
@@ -139,10 +139,15 @@ CHUNK_ROWS = 500
 
 
 class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
-    """Feast's Redis online store config; only the type differs."""
+    """Feast's Redis online store config, plus a write timeout."""
 
     type: Literal["feast_bytewax.stores.fast_redis.FastRedisOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
     """Online store type selector (the class path)."""
+
+    socket_timeout_s: float = 10.0
+    """Socket and connect timeout of the client unless the connection string sets its own
+    (`socket_timeout=`, `socket_connect_timeout=`): a paused Redis makes a write fail after
+    this long (and be retried, see `dataflow.retry`) instead of blocking forever."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -161,6 +166,15 @@ class FastRedisOnlineStore(RedisOnlineStore):
         self._field_cache = {}
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _client_with_timeouts(self, cfg: RedisOnlineStoreConfig) -> Any:
+        client = redis_client(self, cfg)
+        timeout = getattr(cfg, "socket_timeout_s", None)
+        pool = getattr(client, "connection_pool", None)
+        if timeout and pool is not None:
+            pool.connection_kwargs.setdefault("socket_timeout", timeout)
+            pool.connection_kwargs.setdefault("socket_connect_timeout", timeout)
+        return client
 
     def _fields(self, view_name: str, features: Sequence[str]) -> tuple[bytes, ...]:
         """Hash field names `mmh3("<view>:<feature>")`, cached."""
@@ -191,7 +205,7 @@ class FastRedisOnlineStore(RedisOnlineStore):
         n = len(keys)
         if not n:
             return 0
-        client = self._get_client(cfg)
+        client = self._client_with_timeouts(cfg)
         head = (f"_ts:{view_name}".encode(), b"0" if cfg.skip_dedup else b"1",
                 cfg.key_ttl_seconds or 0)
         per_row_fields = isinstance(fields, list)
