@@ -282,6 +282,15 @@ class RedriveConfig(RepoSettings):
     kind: Literal["all", "rejected", "late"] = Field("all", description="which dead letters")
 
 
+class CompactConfig(RepoSettings):
+    """`feast-bytewax compact`: rewrite each offline folder's visible rows into few parts."""
+
+    model_config = _settings()
+
+    grace: float = Field(60.0, ge=0, description="leave commits younger than this alone "
+                                                 "(writers may be running), seconds")
+
+
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 

@@ -21,6 +21,7 @@ from feast_bytewax.stores.commits import (
     read_committed,
     writer_id,
 )
+from feast_bytewax.stores.compaction import compact
 
 FS = pafs.LocalFileSystem()
 
@@ -38,10 +39,14 @@ def txn(folder: str, mode: str, run: str | None = None, replace=None) -> FolderT
                              ("user_id",), "event_timestamp", replace)
 
 
+def part_files(folder: str) -> list[str]:
+    return sorted(i.path for i in FS.get_file_info(pafs.FileSelector(folder,
+                                                                      allow_not_found=True))
+                  if i.type == pafs.FileType.File and i.base_name.startswith("part-"))
+
+
 def read(folder: str) -> dict[tuple[str, int], int]:
-    files = [i.path for i in FS.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-             if i.type == pafs.FileType.File and i.base_name.startswith("part-")]
-    got = read_committed(FS, folder, sorted(files), "event_timestamp")
+    got = read_committed(FS, folder, part_files(folder), "event_timestamp")
     if got is None:
         return {}
     ts = got["event_timestamp"].cast(pa.int64()).to_pylist()
@@ -53,6 +58,7 @@ def read(folder: str) -> dict[tuple[str, int], int]:
 rows_st = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 30),
                              st.integers(0, 99)), min_size=1, max_size=8)
 op_st = st.one_of(
+    st.tuples(st.just("compact")),
     st.tuples(st.just("live"), rows_st),
     st.tuples(st.just("replay"), rows_st, st.integers(0, 30), st.integers(0, 30),
               st.booleans()),
@@ -67,7 +73,9 @@ def test_readers_see_exactly_what_the_commits_say(tmp_path_factory, ops):
     model: dict[tuple[str, int], int] = {}
     last_replay: str | None = None
     for op in ops:
-        if op[0] == "live":
+        if op[0] == "compact":  # readers see the same before and after, whatever came before
+            compact(FS, folder, part_files(folder), "event_timestamp", ["user_id"], grace_s=0)
+        elif op[0] == "live":
             w = txn(folder, "live")
             w.write(table(op[1]))
             w.checkpoint()
@@ -130,3 +138,29 @@ def test_parts_of_another_layout_are_read_and_new_columns_read_as_null(tmp_path)
     got = read_committed(FS, str(folder), files, "event_timestamp", ["user_id"])
     rows = sorted(zip(got["user_id"].to_pylist(), got["extra"].to_pylist(), strict=True))
     assert rows == [("a", None), ("b", 7)]
+
+
+def test_compaction_leaves_few_parts_and_deletes_one_round_later(tmp_path):
+    folder = str(tmp_path / "src")
+    for i in range(30):
+        w = txn(folder, "live")
+        w.write(table([("a", i, i), ("b", i, 2 * i)]))
+        w.checkpoint()
+    r = txn(folder, "replay", replace=(0, 9))
+    r.write(table([("a", 5, 500)]))
+    r.finish()
+    want = read(folder)
+    first = compact(FS, folder, part_files(folder), "event_timestamp", ["user_id"], grace_s=0)
+    assert first.absorbed_commits == 31 and first.parts_written == 1 and first.rows == 41
+    assert read(folder) == want and len(part_files(folder)) == 32  # nothing deleted yet
+    later = txn(folder, "live")  # a writer that commits after the compaction wins
+    later.write(table([("a", 5, 7)]))
+    later.checkpoint()
+    want[("a", 5)] = 7
+    second = compact(FS, folder, part_files(folder), "event_timestamp", ["user_id"], grace_s=0)
+    assert second.files_deleted == 31 + 31  # the first round's parts and markers
+    assert read(folder) == want and len(part_files(folder)) == 3  # 2 absorbed by the second
+    again = compact(FS, folder, part_files(folder), "event_timestamp", ["user_id"],
+                    grace_s=3600)
+    assert again.absorbed_commits == 0 and again.files_deleted == 4
+    assert read(folder) == want and len(part_files(folder)) == 1

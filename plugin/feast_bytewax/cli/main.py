@@ -32,6 +32,8 @@ COMMANDS = {
                                        "was written"),
     "redrive": ("feast_bytewax.cli.redrive", "write dead letters back out as events, to fix "
                                              "and replay"),
+    "compact": ("feast_bytewax.cli.compact", "rewrite the offline parts into few, without "
+                                             "superseded rows"),
 }
 
 

@@ -24,6 +24,8 @@ from feast.repo_operations import apply_total, parse_repo
 
 from feast_bytewax.errors import ConfigError
 from feast_bytewax.features.spec import FlowSpec, compile_flow
+from feast_bytewax.stores.compaction import CompactResult
+from feast_bytewax.stores.parquet_folder import ParquetFolderOfflineStoreConfig, compact_source
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +127,19 @@ def apply_repo(repo_path: str | Path) -> FlowSpec:
     log.info("compiled %d feature(s) for %s", sum(len(e.features) for e in spec.entities),
              ", ".join(e.join_key for e in spec.entities))
     return spec
+
+
+def compact_repo(repo_path: str | Path, grace_s: float = 60.0) -> dict[str, CompactResult]:
+    """Compact every parquet-folder batch source of the registered stream views."""
+    store = open_store(repo_path)
+    if not isinstance(store.config.offline_store, ParquetFolderOfflineStoreConfig):
+        raise ConfigError("compact works on the parquet-folder offline store; "
+                          f"this repo uses {type(store.config.offline_store).__name__}")
+    out: dict[str, CompactResult] = {}
+    for view in store.list_stream_feature_views():
+        source = view.batch_source
+        if source is None or source.name in out:
+            continue
+        out[source.name] = compact_source(store.config, source,
+                                          [c.name for c in view.entity_columns], grace_s)
+    return out

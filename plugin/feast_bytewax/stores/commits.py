@@ -47,6 +47,7 @@ OUR_PART = re.compile(r"^part-(?P<writer>r[0-9A-Za-z-]+)-s(?P<seq>\d{8})\.parque
 OUR_MARKER = re.compile(r"^(?P<writer>r[0-9A-Za-z-]+)-s(?P<seq>\d{8})\.json$")
 ORDER = "__fb_commit_order"
 FORMAT = 1
+COMMIT, STAGE, CHECKPOINT = "commit", "stage", "checkpoint"
 
 
 def new_run_id(digest: str | None = None) -> str:
@@ -172,7 +173,7 @@ class FolderTransaction:
     def checkpoint(self) -> dict:
         """At a Bytewax snapshot: commit (live) or stage (replay) what was written since."""
         if self.pending and not self.done:
-            self._marker("commit" if self.mode == "live" else "stage", self.pending, None)
+            self._marker(COMMIT if self.mode == "live" else STAGE, self.pending, None)
             self.staged += self.pending
             self.pending = []
         return self.state()
@@ -185,7 +186,7 @@ class FolderTransaction:
         if self.mode == "live":
             self.checkpoint()
         else:
-            self._marker("commit", self.staged + self.pending, replace or self.replace)
+            self._marker(COMMIT, self.staged + self.pending, replace or self.replace)
             self.staged += self.pending
             self.pending = []
         self.done = True
@@ -243,15 +244,19 @@ class Replace:
         return not (part.run == self.run and part.time_ns >= self.started_ns)
 
 
-def visible_parts(filesystem: pafs.FileSystem, folder: str,
-                  data_files: list[str]) -> tuple[list[Visible], list[Replace], list[str]]:
-    """The visible parts, the replaced ranges, the identity columns the writers declared."""
-    markers = read_markers(filesystem, folder)
+def visible_parts(filesystem: pafs.FileSystem, folder: str, data_files: list[str],
+                  markers: list[dict] | None = None,
+                  ) -> tuple[list[Visible], list[Replace], list[str]]:
+    """The visible parts, the replaced ranges, the identity columns the writers declared.
+    A compaction's checkpoint (`stores.compaction`) stands for the commits and files it
+    absorbed: those are skipped."""
+    markers = read_markers(filesystem, folder) if markers is None else markers
+    absorbed = {name for m in markers if m["kind"] == CHECKPOINT for name in m["absorbs"]}
     committed: dict[str, tuple[int, str, int]] = {}
     replaces = []
     keys: list[str] = []
     for order, m in enumerate(markers):
-        if m["kind"] != "commit":
+        if m["kind"] not in (COMMIT, CHECKPOINT) or marker_name(m["writer"], m["seq"]) in absorbed:
             continue
         for p in m["parts"]:
             committed[p] = (order, m["run"], m["time_ns"])
@@ -264,18 +269,19 @@ def visible_parts(filesystem: pafs.FileSystem, folder: str,
         name = path.rsplit("/", 1)[-1]
         if name in committed:
             out.append(Visible(path, *committed[name]))
-        elif not OUR_PART.match(name):
+        elif not OUR_PART.match(name) and name not in absorbed:
             out.append(Visible(path, -1, None, 0))  # not ours: an earlier layout, a user's
     return out, replaces, keys
 
 
 def read_committed(filesystem: pafs.FileSystem, folder: str, data_files: list[str],
-                   ts: str, keys: list[str] | None = None,
-                   dedup: bool = True) -> pa.Table | None:
+                   ts: str, keys: list[str] | None = None, dedup: bool = True,
+                   markers: list[dict] | None = None) -> pa.Table | None:
     """The folder as readers must see it (see the module docstring); None if it has no
     visible part. `dedup=False` keeps superseded copies of an identity (the skew report
-    counts them: a live run restarted without recovery writes its rows again)."""
-    parts, replaces, declared = visible_parts(filesystem, folder, data_files)
+    counts them: a live run restarted without recovery writes its rows again). `markers`:
+    as if only these commits existed (compaction)."""
+    parts, replaces, declared = visible_parts(filesystem, folder, data_files, markers)
     if not parts:
         return None
     keys = list(keys or declared)

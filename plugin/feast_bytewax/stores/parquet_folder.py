@@ -73,6 +73,7 @@ from feast_bytewax.stores.commits import (
     read_committed,
     writer_id,
 )
+from feast_bytewax.stores.compaction import CompactResult, compact
 from feast_bytewax.stores.parquet_parts import (
     PARQUET_SUFFIXES,
     TIMESTAMP_TYPE,
@@ -335,3 +336,12 @@ class ParquetFolderOfflineStore(DaskOfflineStore):
         txn.finish()
         if progress:
             progress(table.num_rows)
+
+
+def compact_source(config: RepoConfig, source: FileSource, keys: list[str],
+                   grace_s: float = 60.0) -> CompactResult:
+    """Compact one batch-source folder (see `stores.compaction`)."""
+    _check_config(config)
+    filesystem, folder = source_filesystem(config, source)
+    return compact(filesystem, folder, list_parts(filesystem, folder),
+                   source.timestamp_field or "event_timestamp", keys, grace_s)
