@@ -41,6 +41,7 @@ class Event:
     extra: Mapping[str, Any] | None = None
     part: int = -1
     frontier: int | None = None
+    joined: Mapping[str, Any] | None = None  # the table versions valid at event time
 
 
 def column_getter(column: str) -> Callable[[Event], Any]:
@@ -54,6 +55,24 @@ def column_getter(column: str) -> Callable[[Event], Any]:
         return None if values is None else values.get(column)
 
     return extra
+
+
+@dataclass(slots=True)
+class TableVersion:
+    """A version of a row of a Feast view that events join as of their time: valid from
+    `valid_from` (epoch us) on, for entity key `key`. `part` / `frontier` as on `Event`."""
+
+    view: str
+    key: str
+    valid_from: int
+    values: Mapping[str, Any]
+    origin: str = ""
+    part: int = -1
+    frontier: int | None = None
+
+    @property
+    def event_timestamp(self) -> int:  # the time the watermark rules apply to
+        return self.valid_from
 
 
 @dataclass(slots=True, frozen=True)

@@ -183,7 +183,7 @@ def test_late_event_goes_to_late_output_with_reason():
     assert [r.event.event_id for r in late] == [2]
     assert "behind the watermark" in late[0].reason and late[0].watermark == BASE + 60 * MIN
     assert eng.counts == {"processed": 1, "late": 1, "duplicates": 0, "corrections": 0,
-                          "rows": len(out) - 1}
+                          "rows": len(out) - 1, "versions": 0, "late_versions": 0}
 
 
 def test_correction_is_stamped_at_the_watermark():

@@ -121,7 +121,7 @@ def apply_repo(repo_path: str | Path) -> FlowSpec:
     with fresh_definitions(repo):
         contents = parse_repo(repo)
         spec = compile_flow(contents.stream_feature_views, contents.entities,
-                            contents.data_sources)
+                            contents.data_sources, contents.feature_views)
         apply_total(load_repo_config(repo, repo / "feature_store.yaml"), repo,
                     skip_source_validation=True)
     log.info("compiled %d feature(s) for %s", sum(len(e.features) for e in spec.entities),

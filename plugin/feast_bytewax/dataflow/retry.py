@@ -15,6 +15,7 @@ exactly). Errors that are not about a store (a bug, a schema mismatch) are not r
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import sqlite3
@@ -23,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, ClusterDownError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from feast_bytewax.errors import StoreUnavailable
 from feast_bytewax.observability.freshness import StallMonitor
@@ -32,10 +35,25 @@ from feast_bytewax.observability.metrics import STORE_ERRORS, STORE_INCIDENTS, S
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What a store that is down or overloaded raises (OSError covers sockets, timeouts, disks,
-# pyarrow's S3/IO errors).
-STORE_ERRORS_RETRIED: tuple[type[BaseException], ...] = (
-    OSError, RedisError, sqlite3.OperationalError)
+# What a store that is down, overloaded or out of space raises; an error that says the request
+# itself is wrong (a missing table, a wrong value type) is not an outage and is not retried.
+REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ClusterDownError,
+                 TryAgainError)
+SQLITE_OUTAGES = ("locked", "busy", "disk i/o", "disk is full", "unable to open",
+                  "readonly", "read-only")
+NOT_OUTAGES = {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EINVAL, errno.EEXIST}
+
+
+def is_outage(e: BaseException) -> bool:
+    """Is `e` a store being unavailable (worth waiting for) rather than a bad request?"""
+    if isinstance(e, REDIS_OUTAGES):
+        return True
+    if isinstance(e, sqlite3.OperationalError):
+        text = str(e).lower()
+        return any(s in text for s in SQLITE_OUTAGES)
+    if isinstance(e, OSError):
+        return e.errno not in NOT_OUTAGES  # sockets, timeouts, ENOSPC, EROFS, EIO, S3 errors
+    return False
 
 
 def one_line(e: BaseException) -> str:
@@ -64,7 +82,9 @@ class StoreRetry:
         while True:
             try:
                 result = fn()
-            except STORE_ERRORS_RETRIED as e:
+            except Exception as e:
+                if not is_outage(e):
+                    raise
                 now = self.clock()
                 STORE_ERRORS.labels(store=store).inc()
                 if started is None:

@@ -6,14 +6,18 @@ extra column cost the same and no name is hard-wired."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from feast_bytewax.engine.sessions import SessionGroup
 from feast_bytewax.engine.sliding import SlidingGroup
 from feast_bytewax.engine.state import Member
+from feast_bytewax.features.enrich import compile_expression
 from feast_bytewax.features.registry import make_aggregator
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.records import column_getter
+
+_NO_JOIN: dict = {}
 
 ROUTE_CACHE_MAX = 4096
 
@@ -24,6 +28,11 @@ class CompiledSpec:
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
         self.key_of = column_getter(spec.join_key)
+        enrich = spec.enrichment
+        self._joined = {c for j in enrich.joins for c, _ in j.columns}
+        self._derived = {d.name: d.expr for d in enrich.derived}
+        self._getters: dict[str, Callable] = {}
+        self.kinds = dict(spec.kinds)
         by_key: dict[tuple, list[int]] = {}
         for slot, f in enumerate(spec.features):
             by_key.setdefault(f.group_key, []).append(slot)
@@ -33,7 +42,7 @@ class CompiledSpec:
                 Member(
                     slot=s,
                     agg=make_aggregator(spec.features[s].function, dict(spec.features[s].options)),
-                    get=column_getter(spec.features[s].column),
+                    get=self.getter(spec.features[s].column),
                     n_panes=(spec.features[s].window_us // spec.features[s].slide_us
                              if key[0] == "sliding" else 0),
                     identity=spec.features[s].identity,
@@ -45,15 +54,60 @@ class CompiledSpec:
             else:
                 mono = tuple(m.agg.monotonic and not m.agg.exact_revert for m in members)
                 self.groups.append(SlidingGroup(gid, key[2], members, mono))
-        self.group_where = [spec.features[g.members[0].slot].where for g in self.groups]
+        self.group_where = [tuple((c, frozenset(self._typed(c, v) for v in allowed))
+                                  for c, allowed in spec.features[g.members[0].slot].where)
+                            for g in self.groups]
         self.filter_columns = tuple(sorted({c for w in self.group_where for c, _ in w}))
-        self._filter_getters = tuple(column_getter(c) for c in self.filter_columns)
+        self._filter_getters = tuple(self.getter(c) for c in self.filter_columns)
+        # groups whose value depends on joined columns: they keep their events for corrections
+        self.joined_groups: dict[int, tuple[tuple, int]] = {}
+        for g in self.groups:
+            feats = [spec.features[m.slot] for m in g.members]
+            reads = [f.column for f in feats] + [c for c, _ in feats[0].where]
+            if enrich.joined(reads):
+                base = tuple((c, a) for c, a in self.group_where[g.gid]
+                             if not enrich.joined([c]))
+                span = max(m.n_panes for m in g.members) * g.slide
+                self.joined_groups[g.gid] = (base, span)
+        self.joins = bool(enrich.joins)
         self._route_cache: dict[tuple, tuple[int, ...]] = {}
         vec: list[Any] = [None] * len(spec.features)
         for g in self.groups:
             for m in g.members:
                 vec[m.slot] = m.agg.empty_value
         self.empty_vector = tuple(vec)
+
+    def getter(self, column: str) -> Callable[[Any], Any]:
+        """A reader of any column: an event's, a joined table's (`Event.joined`), a looked-up
+        one (in `Event.extra`) or a derived one (its expression over the others)."""
+        got = self._getters.get(column)
+        if got is None:
+            if column in self._derived:
+                got = compile_expression(self._derived[column], self.getter)
+            elif column in self._joined:
+                def got(ev: Any, c: str = column) -> Any:
+                    return (ev.joined or _NO_JOIN).get(c)
+            else:
+                got = column_getter(column)
+            self._getters[column] = got
+        return got
+
+    def _typed(self, column: str, value: str) -> Any:
+        """A filter's value in the column's type (a derived `risky` is a bool, not 'true')."""
+        kind = self.kinds.get(column)
+        if kind == "bool":
+            return value.strip().lower() == "true"
+        if kind in ("double", "int"):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
+
+    def retains(self, gid: int, ev: Any) -> bool:
+        """Does a join-reading group keep this event (its clauses on event columns hold)?"""
+        base, _ = self.joined_groups[gid]
+        return all(self.getter(c)(ev) in allowed for c, allowed in base)
 
     def groups_for(self, ev: Any) -> tuple[int, ...]:
         """Group ids whose filter the event passes (cached per filter-column values)."""

@@ -23,7 +23,7 @@ from feast_bytewax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3
+FORMAT = 4
 
 
 @dataclass
@@ -53,7 +53,7 @@ def snapshot_state(engine: Any) -> bytes:
         "keys": {k: (v.groups, v.emitted) for k, v in engine.keys.items()},
         "buffer": engine.buffer, "timers": engine.timers, "open_rows": engine.open_rows,
         "marks": engine.marks, "dedup": engine.dedup, "frontier": engine.frontier,
-        "seeded": engine.seeded,
+        "seeded": engine.seeded, "versions": engine.versions, "retained": engine.retained,
         "seq": engine.seq, "counts": engine.counts,
     }
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)

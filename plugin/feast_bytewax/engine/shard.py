@@ -32,11 +32,12 @@ from typing import Any
 
 from feast_bytewax.engine.dedup import RecentIds
 from feast_bytewax.engine.groups import CompiledSpec
+from feast_bytewax.engine.joins import Retained, Versions
 from feast_bytewax.engine.recovery import RestoreReport, restore_state, snapshot_state
 from feast_bytewax.engine.state import KeyState
 from feast_bytewax.engine.watermark import PartitionWatermarks
 from feast_bytewax.features.spec import EngineSpec
-from feast_bytewax.records import Event, FeatureRow, Late, Mark
+from feast_bytewax.records import Event, FeatureRow, Late, Mark, TableVersion
 
 NEVER = float("inf")
 
@@ -68,16 +69,20 @@ class ShardEngine:
         self.config = config
         self.lateness = config.allowed_lateness
         self.keys: dict[str, KeyState] = {}
-        self.buffer: list[tuple[int, int, Event]] = []  # (t, seq, event) heap
+        # (t, rank, seq, item) heap: at one instant a table version (rank 0) is released
+        # before the events (rank 1) that join it
+        self.buffer: list[tuple[int, int, int, Event | TableVersion]] = []
         self.timers: list[tuple[int, str, int]] = []  # (t, key, gid) heap, lazily invalidated
         self.open_rows: dict[str, list] = {}  # key -> [ts, values, cause] not yet final
         self.marks = PartitionWatermarks(config.partitions, config.watermark_delay)
         self.dedup = RecentIds()
+        self.versions = Versions()
+        self.retained = Retained()
         self.frontier: int | None = None  # everything <= frontier has been released
         self.seeded = False
         self.seq = 0
         self.counts = {"processed": 0, "late": 0, "duplicates": 0, "corrections": 0,
-                       "rows": 0}
+                       "rows": 0, "versions": 0, "late_versions": 0}
         self.restore_report: RestoreReport | None = None
         if snapshot is not None:
             self._restore(snapshot)
@@ -101,7 +106,8 @@ class ShardEngine:
                 w = marks.mark(ev.part, ev.frontier, ev.state)
                 continue
             t = ev.event_timestamp
-            if dedup.repeated(key_of(ev), ev.event_id, t):
+            version = type(ev) is TableVersion
+            if not version and dedup.repeated(key_of(ev), ev.event_id, t):
                 dups += 1
                 continue
             part = ev.part if ev.part >= 0 else 0
@@ -115,13 +121,22 @@ class ShardEngine:
             else:  # the partition's newest: judged by what came before it
                 behind = w is not None and t <= w
                 w = marks.advance(part, f)
+            if version:
+                self.counts["versions"] += 1
+                if behind:
+                    self.seq = seq
+                    self._late_version(ev, w, out)
+                else:
+                    seq += 1
+                    push(buf, (t, 0, seq, ev))
+                continue
             if behind:
                 self.seq, self.counts["processed"] = seq, self.counts["processed"] + accepted
                 accepted = 0
                 self._behind_watermark(ev, w, out)
                 continue
             seq += 1
-            push(buf, (t, seq, ev))
+            push(buf, (t, 1, seq, ev))
             accepted += 1
         self.seq = seq
         self.counts["processed"] += accepted
@@ -187,8 +202,11 @@ class ShardEngine:
             else:
                 if tb > w:
                     break
-                t, _, ev = heapq.heappop(buf)
-                self._apply(ev, t, out)
+                t, rank, _, item = heapq.heappop(buf)
+                if rank:
+                    self._apply(item, t, out)
+                else:
+                    self._keep_version(item, t)
         self.frontier = w
         self._flush_open(out, w)
 
@@ -205,6 +223,12 @@ class ShardEngine:
 
     def _apply(self, ev: Event, t: int, out: list) -> None:
         key = self.cs.key_of(ev)
+        cs = self.cs
+        if cs.joins:
+            ev.joined = self.versions.at(key, t)
+            for gid in cs.joined_groups:
+                if cs.retains(gid, ev):
+                    self.retained.keep(key, gid, t, ev)
         st = self._key(key)
         vals = self._vector(key, st)
         groups, lateness = self.cs.groups, self.lateness
@@ -221,8 +245,51 @@ class ShardEngine:
             gs.fill(g, vals, t)
         self._changed(key, st, t, "event", out, vals)
 
+    # -- temporal join (engine.joins) -----------------------------------------------------
+    def _keep_version(self, v: TableVersion, t: int) -> None:
+        self.versions.insert(v.key, t, v.values)
+        if self.frontier is not None:
+            self.versions.prune(v.key, self.frontier - self.lateness)
+
+    def _late_version(self, v: TableVersion, w: int, out: list) -> None:
+        """A version behind the watermark: within the allowed lateness, the events it should
+        have enriched are applied again with it (their groups rebuilt) and the change is a
+        correction row at the watermark; later, it is counted and not applied."""
+        t = v.valid_from
+        if w - t > self.lateness:
+            self.counts["late_versions"] += 1
+            return
+        self._advance(w, out)
+        self._keep_version(v, t)
+        key, cs = v.key, self.cs
+        st = self._key(key)
+        vals = self._vector(key, st)
+        for gid in cs.joined_groups:
+            events = self.retained.events(key, gid)
+            if not any(et >= t for et, _ in events):
+                continue  # no kept event is at or after the version: nothing changes
+            g = cs.groups[gid]
+            gs = g.new_state()
+            for et, ev in events:
+                ev.joined = self.versions.at(key, et)
+                if gid in cs.groups_for(ev):
+                    gs.add(g, ev, et)
+            gs.expire(g, w, self.lateness)
+            st.groups[gid] = None if gs.is_empty() else gs
+            if not gs.is_empty():
+                self._schedule(key, gid, gs, gs.next_wakeup(g, w, self.lateness))
+            self._refresh(st, gid, w, vals)
+        if self._changed(key, st, w, "correction", out, vals):
+            self.counts["corrections"] += 1
+        self._maybe_drop(key, st)
+
     def _correct(self, ev: Event, w: int, out: list) -> None:
         key = self.cs.key_of(ev)
+        if self.cs.joins:
+            ev.joined = self.versions.at(key, ev.event_timestamp)
+            for gid in self.cs.joined_groups:
+                if self.cs.retains(gid, ev):
+                    self.retained.keep(key, gid, ev.event_timestamp, ev)
         st = self._key(key)
         vals = self._vector(key, st)
         touched = False
@@ -251,6 +318,9 @@ class ShardEngine:
         gs.timer_at = None
         g = self.cs.groups[gid]
         gs.expire(g, t, self.lateness)
+        joined = self.cs.joined_groups.get(gid)
+        if joined is not None:  # kept events that left every window of the group go
+            self.retained.prune(key, gid, t - joined[1] - g.slide)
         self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
         if gs.is_empty():
             st.groups[gid] = None

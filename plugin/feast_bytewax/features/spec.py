@@ -24,6 +24,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from feast_bytewax.errors import SpecError
+from feast_bytewax.features.enrich import (
+    TAG_DERIVE,
+    TAG_JOIN,
+    TAG_LOOKUP,
+    Enrichment,
+    ViewColumns,
+    view_enrichment,
+)
 from feast_bytewax.features.registry import make_aggregator, validate_function
 from feast_bytewax.features.schema import NUMERIC_KINDS, EventSchema, parse_schema_ddl
 from feast_bytewax.timeutil import td_us
@@ -34,7 +42,7 @@ TAG_INPUT = "feast_bytewax.input"
 TAG_PREFIX = "feast_bytewax."
 WINDOW_KINDS = ("sliding", "session")
 NUMERIC_FUNCTIONS = frozenset({"sum", "mean", "min", "max"})
-_STRUCTURAL_TAGS = (TAG_FILTER, TAG_WINDOW, TAG_INPUT)
+_STRUCTURAL_TAGS = (TAG_FILTER, TAG_WINDOW, TAG_INPUT, TAG_JOIN, TAG_LOOKUP, TAG_DERIVE)
 
 __all__ = [
     "EngineSpec",
@@ -70,6 +78,7 @@ class FeatureSpec:
     where: tuple[tuple[str, frozenset[str]], ...]
     dtype: str
     options: tuple[tuple[str, str], ...] = ()
+    depends: tuple[tuple[str, str], ...] = ()  # (column, definition) of joined/derived reads
 
     @property
     def group_key(self) -> tuple:
@@ -83,7 +92,7 @@ class FeatureSpec:
         """What produced a value: state saved for one identity is never read by another."""
         return (self.view, self.name, self.function, self.column, self.kind, self.window_us,
                 self.slide_us, tuple((c, tuple(sorted(v))) for c, v in self.where),
-                self.options)
+                self.options, self.depends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,8 @@ class EngineSpec:
     push_source: str
     features: tuple[FeatureSpec, ...]
     views: tuple[str, ...] = field(default=())
+    enrichment: Enrichment = field(default_factory=Enrichment)
+    kinds: tuple[tuple[str, str], ...] = ()  # kind of every column the features read
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -163,7 +174,8 @@ def _dtype_name(dtype: object) -> str:
     return name
 
 
-def _check_column(schema: EventSchema, column: str, what: str, where_txt: str) -> str:
+def _check_column(schema: EventSchema | ViewColumns, column: str, what: str,
+                  where_txt: str) -> str:
     kind = schema.kind(column)
     if kind is None:
         raise SpecError(
@@ -173,10 +185,16 @@ def _check_column(schema: EventSchema, column: str, what: str, where_txt: str) -
     return kind
 
 
-def compile_view(view, schema: EventSchema | None = None) -> list[FeatureSpec]:
+def compile_view(view, schema: EventSchema | None = None, join_key: str | None = None,
+                 feature_views: Mapping[str, object] | None = None,
+                 enrichment: Enrichment | None = None) -> list[FeatureSpec]:
     """Compile one `StreamFeatureView` (object or registry copy) into feature specs, checking
-    every column it reads against `schema` (default: the spec's event fields)."""
-    schema = schema or EventSchema()
+    every column it reads against `schema` (default: the spec's event fields) plus what its
+    join, lookup and derive tags add (`features.enrich`)."""
+    base = schema or EventSchema()
+    if enrichment is None:
+        enrichment = view_enrichment(view, base, join_key, dict(feature_views or {}))
+    schema = ViewColumns(base, enrichment.kinds())
     tags: Mapping[str, str] = view.tags or {}
     kind = tags.get(TAG_WINDOW, "sliding").strip().lower()
     if kind not in WINDOW_KINDS:
@@ -218,10 +236,15 @@ def compile_view(view, schema: EventSchema | None = None) -> list[FeatureSpec]:
                     f"{where_txt}: slide_interval {agg.slide_interval} must divide "
                     f"time_window {agg.time_window}"
                 )
+        reads = [agg.column, *(c for c, _ in where)]
+        if kind == "session" and enrichment.joined(reads):
+            raise SpecError(f"{where_txt}: a session feature cannot read joined columns "
+                            "(only sliding windows are corrected when a version is late)")
         specs.append(FeatureSpec(
             name=name, view=view.name, function=function, column=agg.column, kind=kind,
             window_us=window, slide_us=slide, where=where,
             dtype=_dtype_name(fields[name].dtype), options=options,
+            depends=enrichment.depends(reads),
         ))
     return specs
 
@@ -240,7 +263,8 @@ def _join_keys(view, entities: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(entities[name] for name in view.entities)
 
 
-def _entity_spec(chosen: list, key: tuple[str, ...], schema: EventSchema) -> EngineSpec:
+def _entity_spec(chosen: list, key: tuple[str, ...], schema: EventSchema,
+                 feature_views: Mapping[str, object] | None = None) -> EngineSpec:
     names_txt = [v.name for v in chosen]
     if len(key) != 1:
         raise SpecError(f"views {names_txt} join on the composite key {list(key)}; one join "
@@ -253,9 +277,21 @@ def _entity_spec(chosen: list, key: tuple[str, ...], schema: EventSchema) -> Eng
             f"views of one entity must share one push source, got {sorted(map(str, sources))}"
         )
     chosen = sorted(chosen, key=lambda v: v.name)
-    features = tuple(f for v in chosen for f in compile_view(v, schema))
-    return EngineSpec(join_key=key[0], push_source=next(iter(sources)), features=features,
-                      views=tuple(v.name for v in chosen))
+    fvs = dict(feature_views or {})
+    enrichment = Enrichment()
+    features: list[FeatureSpec] = []
+    for v in chosen:
+        own = view_enrichment(v, schema, key[0], fvs)
+        try:
+            enrichment = enrichment.merge(own)
+        except SpecError as e:
+            raise SpecError(f"view {v.name!r}: {e}") from None
+        features += compile_view(v, schema, key[0], fvs, own)
+    columns = ViewColumns(schema, enrichment.kinds())
+    read = {f.column for f in features} | {c for f in features for c, _ in f.where}
+    kinds = tuple(sorted((c, columns.kind(c) or "string") for c in read))
+    return EngineSpec(join_key=key[0], push_source=next(iter(sources)), features=tuple(features),
+                      views=tuple(v.name for v in chosen), enrichment=enrichment, kinds=kinds)
 
 
 def _aggregating(views: Iterable) -> list:
@@ -270,7 +306,8 @@ def _check_unique(entities: Iterable[EngineSpec]) -> None:
 
 
 def compile_views(views: Iterable, join_key: str | None = None, entities: Iterable = (),
-                  schema: EventSchema | None = None) -> EngineSpec:
+                  schema: EventSchema | None = None,
+                  feature_views: Iterable = ()) -> EngineSpec:
     """Compile every aggregating stream view of one entity fed by one push source.
 
     `entities` (Feast `Entity` objects) resolve join keys of views not yet applied.
@@ -286,7 +323,8 @@ def compile_views(views: Iterable, join_key: str | None = None, entities: Iterab
     keys = {_join_keys(v, emap) for v in chosen}
     if len(keys) != 1:
         raise SpecError(f"views span several join keys {sorted(keys)}; pass join_key")
-    spec = _entity_spec(chosen, next(iter(keys)), schema)
+    spec = _entity_spec(chosen, next(iter(keys)), schema,
+                        {fv.name: fv for fv in feature_views})
     _check_unique([spec])
     return spec
 
@@ -324,9 +362,11 @@ def _event_stream(views: list, sources: Iterable) -> object | None:
     return next(iter(kafka.values()), None)
 
 
-def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = ()) -> FlowSpec:
+def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = (),
+                 feature_views: Iterable = ()) -> FlowSpec:
     """Compile every aggregating stream view, one `EngineSpec` per join key, against the
-    event schema of the declared `KafkaSource` (`sources`: Feast data sources)."""
+    event schema of the declared `KafkaSource` (`sources`: Feast data sources) and the Feast
+    views its joins and lookups read (`feature_views`)."""
     chosen = _aggregating(views)
     if not chosen:
         raise SpecError("no StreamFeatureView with aggregations found")
@@ -343,7 +383,8 @@ def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = (
     by_key: dict[tuple[str, ...], list] = {}
     for v in chosen:
         by_key.setdefault(_join_keys(v, emap), []).append(v)
-    specs = tuple(_entity_spec(vs, key, schema) for key, vs in sorted(by_key.items()))
+    fvs = {fv.name: fv for fv in feature_views}
+    specs = tuple(_entity_spec(vs, key, schema, fvs) for key, vs in sorted(by_key.items()))
     _check_unique(specs)
     return FlowSpec(specs, schema, stream_input(stream) if stream is not None else None)
 
@@ -362,4 +403,4 @@ def load_spec(store, join_key: str | None = None) -> EngineSpec:
 def load_flow_spec(store) -> FlowSpec:
     """Every entity's spec from a `FeatureStore`'s registry (what `feast apply` wrote)."""
     return compile_flow(store.list_stream_feature_views(), store.list_entities(),
-                        store.list_data_sources())
+                        store.list_data_sources(), store.list_feature_views())
