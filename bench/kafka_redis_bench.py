@@ -55,6 +55,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -816,8 +817,8 @@ def report(results: dict) -> str:
             fresh = f"{_f(fr['p50'], 3)} / {_f(fr['p99'], 3)} / {_f(fr['max'], 3)}"
             backlog = _f(r["max_backlog_after_warmup"])
             cpu = _f(ev / r["cpu_s"])
-        else:
-            rate = r["events_per_s_steady"]
+        else:  # a run too short for a steady window: first record -> end
+            rate = r["events_per_s_steady"] or r["events_per_s_end_to_end"]
             offered = f"max ({ev:,} pre-produced)"
             fresh = "n/a (pre-produced backlog)"
             backlog = _f(r["max_lag"])
@@ -908,14 +909,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     from bench.run_bench import pin_source
 
-    code = pin_source(argparse.Namespace(rev=args.rev, out=OUT))
+    code, definitions = pin_source(argparse.Namespace(rev=args.rev, out=OUT),
+                                   ("feature_store.redis.yaml",))
     import feast_bytewax
 
     if not args.rev and not Path(feast_bytewax.__file__).resolve().is_relative_to(
             ROOT / "plugin"):
         code = f"feast_bytewax from {Path(feast_bytewax.__file__).parent} (PYTHONPATH)"
     from feast_bytewax.dataflow.repo import apply_repo
-    from tests.e2e.repos import copy_repo
     from tests.services import running_redis
 
     started = time.perf_counter()
@@ -927,8 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with running_redis() as redis_server, tempfile.TemporaryDirectory() as tmp:
             os.environ["FEAST_REDIS"] = redis_server.connection_string
-            repo = copy_repo(Path(tmp) / "repo",
-                             (ROOT / "feature_store.redis.yaml").read_text())
+            repo = Path(tmp) / "repo"  # feast_repo/ + the Redis yaml of what is measured
+            shutil.copytree(definitions / "feast_repo", repo / "feast_repo",
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copy(definitions / "feature_store.redis.yaml", repo / "feature_store.yaml")
             spec = apply_repo(repo)  # the compiled FlowSpec of every entity
             _REDIS_CLIENT.append(redis_server.client())
             print(f"mock Kafka {broker.bootstrap}, redis {redis_server.connection_string}, "

@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,17 +72,24 @@ def make_inputs(out: Path, n_events: int, n_users: int, seed: int, prefix: int) 
     return info
 
 
-def compile_spec(out: Path) -> Path:
-    """Compile the shipped Feast definitions (not applied: join keys from the entities)."""
-    warnings.filterwarnings("ignore", message="Stream feature views are experimental")
-    from feast import Entity, StreamFeatureView
+def compile_spec(out: Path, definitions: Path) -> Path:
+    """Compile the Feast definitions of `definitions` (a repo copy: feast_repo/ and
+    feature_store.yaml only, since Feast imports every .py file under it) as `apply` does,
+    without applying them; pickle the user entity's spec for the children."""
+    from feast.repo_operations import parse_repo
 
-    from feast_bytewax.features.spec import compile_views
-    from feast_repo import entities, features
+    from feast_bytewax.dataflow.repo import fresh_definitions, quiet_feast_warnings
+    from feast_bytewax.features.spec import compile_flow
 
-    views = [v for v in vars(features).values() if isinstance(v, StreamFeatureView)]
-    ents = [e for e in vars(entities).values() if isinstance(e, Entity)]
-    spec = compile_views(views, entities=ents)
+    quiet_feast_warnings()
+    with fresh_definitions(definitions):
+        contents = parse_repo(definitions)
+        flow = compile_flow(contents.stream_feature_views, contents.entities,
+                            contents.data_sources, contents.feature_views)
+    by_key = {e.join_key: e for e in flow.entities}
+    spec = by_key.get("user_id") or (flow.entities[0] if len(flow.entities) == 1 else None)
+    if spec is None:
+        raise SystemExit(f"no user_id entity among {sorted(by_key)} in {definitions}")
     path = out / "spec.pkl"
     with open(path, "wb") as f:
         pickle.dump(spec, f)
@@ -138,25 +144,30 @@ def export_rev(rev: str, out: Path, paths: tuple[str, ...] = ("plugin",)) -> tup
     return sha, dest
 
 
-def pin_source(args) -> str:
-    """Which feast_bytewax is measured. With --rev, plugin/ of that commit is exported to
-    bench/out/src-SHA and put first on sys.path (here) and PYTHONPATH (children), so edits
-    other people make to the working tree during a run cannot leak into the figures.
-    (So nothing of feast_bytewax may be imported before this runs: the parent's imports of
-    it are inside the functions that need them.)"""
+def pin_source(args, extra: tuple[str, ...] = ()) -> tuple[str, Path]:
+    """Which feast_bytewax is measured, and the folder whose feast_repo/ and
+    feature_store.yaml it runs. With --rev, plugin/, feast_repo/ and feature_store.yaml of
+    that commit are exported to bench/out/src-SHA; its plugin/ goes first on sys.path (here)
+    and PYTHONPATH (children), so edits other people make to the working tree during a run
+    cannot leak into the figures (`extra`: more paths the caller reads). So nothing of
+    feast_bytewax may be imported before this runs: the parent's imports of it are inside
+    the functions that need them."""
     if not args.rev:
-        dirty = _git("status", "--porcelain", "--", "plugin")
+        dirty = _git("status", "--porcelain", "--", "plugin", "feast_repo")
         head = _git("rev-parse", "--short", "HEAD")
         return (f"the working tree at {head}"
-                + (" with uncommitted changes in plugin/" if dirty else ", plugin/ clean"))
-    sha, dest = export_rev(args.rev, args.out)
+                + (" with uncommitted changes in plugin/ or feast_repo/" if dirty
+                   else ", plugin/ and feast_repo/ clean")), ROOT
+    sha, dest = export_rev(args.rev, args.out,
+                           ("plugin", "feast_repo", "feature_store.yaml", *extra))
     src = str((dest / "plugin").resolve())
     sys.path.insert(0, src)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [src, str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     changed = _git("log", "-1", "--format=%h", sha, "--", "plugin")
     same = "" if changed == sha else f", as last changed in {changed}"
-    return f"plugin/ of commit {sha}{same} (exported to {dest})"
+    return (f"plugin/ and feast_repo/ of commit {sha}{same} (exported to {dest})",
+            dest.resolve())
 
 
 # -- running one child -------------------------------------------------------------------------
@@ -482,13 +493,13 @@ def plan(args, spec_names: tuple[str, ...], full: Path, prefix: Path, feast_repo
     return runs
 
 
-def prepare_feast_repo(out: Path) -> Path:
+def prepare_feast_repo(out: Path, definitions: Path) -> Path:
     repo = out / "feast_repo_copy"
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
-    shutil.copy(ROOT / "feature_store.yaml", repo / "feature_store.yaml")
-    shutil.copytree(ROOT / "feast_repo", repo / "feast_repo",
+    shutil.copy(definitions / "feature_store.yaml", repo / "feature_store.yaml")
+    shutil.copytree(definitions / "feast_repo", repo / "feast_repo",
                     ignore=shutil.ignore_patterns("__pycache__"))
     return repo
 
@@ -544,16 +555,17 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     args.out.mkdir(parents=True, exist_ok=True)
-    source = pin_source(args)
+    source, definitions = pin_source(args)
     print(f"{load_before}\nmeasuring feast_bytewax from {source}", flush=True)
     info = make_inputs(args.out, args.events, args.users, args.seed, args.prefix)
     print(f"events: {info['rows']:,} rows, {info['users']:,} users -> {info['path']} "
           f"({info['seconds']:.1f} s); prefix {info['prefix_path']}", flush=True)
-    spec_path = compile_spec(args.out)
+    repo = prepare_feast_repo(args.out, definitions)
+    spec_path = compile_spec(args.out, repo)
     with open(spec_path, "rb") as f:
         names = pickle.load(f).feature_names
-    repo = prepare_feast_repo(args.out) if args.feast else None
-    runs = plan(args, names, Path(info["path"]), Path(info["prefix_path"]), repo)
+    runs = plan(args, names, Path(info["path"]), Path(info["prefix_path"]),
+                repo if args.feast else None)
     for r in runs:
         if args.only and r.rid not in args.only:
             continue
