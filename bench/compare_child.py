@@ -45,8 +45,6 @@ import feast_bytewax  # whichever revision PYTHONPATH puts first (main() checks 
 # name -> where it has lived, newest layout first ("module:attribute")
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "ShardEngine": ("feast_bytewax.engine.shard:ShardEngine", "feast_bytewax.engine:ShardEngine"),
-    "EngineConfig": ("feast_bytewax.engine.shard:EngineConfig",
-                     "feast_bytewax.engine:EngineConfig"),
     "FlowConfig": ("feast_bytewax.config:FlowConfig",),
     "engine_config": ("feast_bytewax.dataflow.flow:engine_config",
                       "feast_bytewax.config:FlowConfig.engine_config"),
