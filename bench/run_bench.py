@@ -551,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.render_only:
         return render_only(args)
+    args.out = args.out.resolve()  # children and Feast run in other directories
     load_before = uptime()
     t_start = time.perf_counter()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
