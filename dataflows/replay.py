@@ -31,4 +31,4 @@ from feast_bytewax.observability.stats import FlowStats
 
 cfg = load(ReplayConfig)
 stats = FlowStats()
-flow, dead_letter_path = build_replay_flow(cfg, stats)
+flow, dead_letter_path, _lookups = build_replay_flow(cfg, stats)

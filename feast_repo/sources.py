@@ -53,3 +53,33 @@ user_features_push = PushSource(
     batch_source=user_features_batch,
     description="Feature rows computed in-stream by the feast-bytewax dataflow.",
 )
+
+# -- reference tables ------------------------------------------------------------------------
+# Profile versions (shared/spec/events.md, Profiles) at rest: what `replay` reads when no
+# --profiles is given (named by the user_profile view's `feast_bytewax.versions` tag).
+user_profile_versions = FileSource(
+    name="user_profile_versions",
+    path="data/profiles.parquet",
+    timestamp_field="updated_at",
+    description="Profile versions as generated or exported: the input of the temporal join.",
+)
+
+user_profile_batch = FileSource(
+    name="user_profile_batch",
+    path="data/offline/user_profile",
+    timestamp_field="updated_at",
+    description="Parquet folder of the profile versions the dataflow read and pushed.",
+)
+
+user_profile_push = PushSource(
+    name="user_profile_push",
+    batch_source=user_profile_batch,
+    description="Profile versions pushed by the feast-bytewax dataflow (both stores).",
+)
+
+category_risk_source = FileSource(
+    name="category_risk_source",
+    path="data/category_risk.parquet",
+    timestamp_field="event_timestamp",
+    description="Category risk scores; `feast materialize` loads them into the online store.",
+)

@@ -125,6 +125,17 @@ class FlowConfig(EventTimeConfig):
         "refuse", description="a restart whose definitions gained features: refuse (and say "
                               "what to run), or start them cold (they count events from the "
                               "restart on)")
+    profiles: str | None = Field(
+        None, description="versions of the joined view (profiles): a parquet file or folder, "
+                          "local or s3://, or VIEW=PATH,... for several joined views (replay "
+                          "default: the view's feast_bytewax.versions FileSource)")
+    lookup_timeout: float = Field(0.05, gt=0, description="online lookups: how long a micro-"
+                                                          "batch waits for them before the "
+                                                          "fallback, s")
+    lookup_concurrency: int = Field(8, ge=1, le=256,
+                                    description="online lookups: requests in flight at most")
+    lookup_ttl: float = Field(60.0, gt=0, description="online lookups: how long a value read "
+                                                      "is reused, s")
 
     @property
     def dead_letter_file(self) -> Path:
@@ -184,6 +195,9 @@ class LiveConfig(FlowConfig):
     idle_exit: float | None = Field(None, gt=0, description="stop after this long without a "
                                                            "record, s")
     stop_at_end: bool = Field(False, description="stop when every partition reaches its end")
+    profiles_topic: str | None = Field(
+        None, description="Kafka topic of the joined view's versions (key = its join key, "
+                          "same brokers), or VIEW=TOPIC,... for several joined views")
 
     @field_validator("source")
     @classmethod
@@ -226,6 +240,12 @@ class GenerateConfig(BaseSettings):
     bad_fraction: float = Field(0.0, ge=0, le=1,
                                 description="malformed records to inject (JSON lines only)")
     parts: int = Field(4, ge=1, le=1024, description="parquet parts when --out is a folder")
+    profiles: Path | None = Field(None, description="profile versions parquet, for the stream-"
+                                                    "table join (default: profiles.parquet "
+                                                    "next to --out)")
+    category_risk: Path | None = Field(None, description="category risk parquet, for the lookup "
+                                                         "join (default: category_risk.parquet "
+                                                         "next to --out)")
 
     _check_start = field_validator("start")(_aware)
 

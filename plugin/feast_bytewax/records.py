@@ -41,7 +41,9 @@ class Event:
     extra: Mapping[str, Any] | None = None
     part: int = -1
     frontier: int | None = None
-    joined: Mapping[str, Any] | None = None  # the table versions valid at event time
+    # set by the shard engine (`engine.joins`): joined view -> (valid_from, values) of the
+    # version this event was applied with
+    joined: dict[str, tuple[int, Mapping[str, Any]] | None] | None = None
 
 
 def column_getter(column: str) -> Callable[[Event], Any]:
@@ -97,9 +99,10 @@ class Rejected:
 
 @dataclass(slots=True, frozen=True)
 class Late:
-    """A valid event older than the watermark minus the allowed lateness."""
+    """A valid event (or table version) older than the watermark minus the allowed
+    lateness."""
 
-    event: Event
+    event: Event | TableVersion
     reason: str
     watermark: int
 
@@ -147,7 +150,8 @@ def reason_code(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def _iso(us: int) -> str:
+def iso_us(us: int) -> str:
+    """Epoch microseconds as an ISO-8601 UTC string."""
     return (_EPOCH + timedelta(microseconds=us)).isoformat()
 
 
@@ -156,7 +160,7 @@ def event_payload(e: Event) -> dict[str, Any]:
     dead letter carries, so it can be fed back as it is."""
     out: dict[str, Any] = {
         "event_id": e.event_id, "user_id": e.user_id, "event_type": e.event_type,
-        "amount": e.amount, "category": e.category, "event_timestamp": _iso(e.event_timestamp),
+        "amount": e.amount, "category": e.category, "event_timestamp": iso_us(e.event_timestamp),
     }
     if e.extra:
         out.update(e.extra)
@@ -168,8 +172,14 @@ def dead_letter_record(x: Rejected | Late) -> dict[str, Any]:
     if isinstance(x, Rejected):
         return {"kind": "rejected", "code": x.code, "reason": x.reason, "origin": x.origin,
                 "payload": x.payload}
+    if isinstance(x, Late) and isinstance(x.event, TableVersion):
+        v = x.event
+        return {"kind": "late_version", "code": x.code, "reason": x.reason, "origin": x.origin,
+                "watermark": x.watermark, "watermark_iso": iso_us(x.watermark),
+                "payload": {"view": v.view, "key": v.key, "valid_from": iso_us(v.valid_from),
+                            "values": dict(v.values)}}
     if isinstance(x, Late):
         return {"kind": "late", "code": x.code, "reason": x.reason, "origin": x.origin,
-                "watermark": x.watermark, "watermark_iso": _iso(x.watermark),
+                "watermark": x.watermark, "watermark_iso": iso_us(x.watermark),
                 "payload": event_payload(x.event)}
     raise TypeError(f"dead letters are Rejected or Late, got {type(x).__name__}")

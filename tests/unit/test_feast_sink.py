@@ -55,10 +55,11 @@ def make_row(spec: EngineSpec, key: str, minute: float, cause: str = "event", **
 
 
 def full_row(spec: EngineSpec, key: str, minute: float, n: int) -> FeatureRow:
-    """A row whose five values all derive from n (ints for int features)."""
+    """A row whose values all derive from n (ints for int features)."""
     return make_row(
         spec, key, minute, purchase_count_30m=n, avg_amount_1h=n / 4, max_amount_24h=n * 1.5,
         failed_logins_10m=n % 3, distinct_categories_session=n % 5,
+        max_amount_to_credit_24h=n / 1000, risky_purchase_count_1h=n % 4,
     )
 
 
@@ -105,7 +106,7 @@ def test_rows_to_frame_types_and_columns(spec: EngineSpec) -> None:
     assert df["avg_amount_1h"].iloc[0] == 1.0 and pd.isna(df["avg_amount_1h"].iloc[1])
     assert df["failed_logins_10m"].iloc[1] is pd.NA
 
-    with pytest.raises(ValueError, match="expected 5"):
+    with pytest.raises(ValueError, match=f"expected {len(spec.features)}"):
         rows_to_frame([FeatureRow("u1", 0, (1, 2), "event")], spec)
     with pytest.raises(ValueError, match="purchase_count_30m"):
         rows_to_frame([make_row(spec, "u1", 0, purchase_count_30m=1.5)], spec)
@@ -212,7 +213,7 @@ def test_online_holds_the_latest_row_per_key_with_its_timestamp(
         full_row(spec, "u3", 3, 3),
     ])
     writer.flush()
-    assert writer.stats()["rows_online"] == 3 * (2 + 3)  # coalesced rows x 3 views
+    assert writer.stats()["rows_online"] == len(spec.views) * (2 + 3)  # coalesced x views
 
     result = online(store, ["u1", "u2", "u3", "nobody"])
     expected = {"u1": (11, 11), "u2": (12, 12), "u3": (3, 3)}

@@ -484,7 +484,8 @@ def test_raw_bytes_ride_on_the_record_past_any_cap_and_across_processes():
 
 def test_live_run_reads_brokers_topic_and_delay_from_the_kafka_source(tmp_path):
     from feast_bytewax.dataflow.live import with_declared_stream
-    from feast_bytewax.features.spec import FlowSpec, StreamInput
+    from feast_bytewax.features.inputs import StreamInput
+    from feast_bytewax.features.spec import FlowSpec
     from tests.reference import shipped_spec
 
     spec = FlowSpec((shipped_spec(),), stream=StreamInput("user_events", ("b1:9", "b2:9"),

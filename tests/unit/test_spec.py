@@ -28,13 +28,13 @@ from feast.data_format import JsonFormat
 from feast.repo_config import RegistryConfig
 from feast.types import Float64, Int64, String
 
+from feast_bytewax.features.inputs import StreamInput
 from feast_bytewax.features.registry import ALIASES, REGISTRY, make_aggregator
 from feast_bytewax.features.schema import parse_schema_ddl
 from feast_bytewax.features.spec import (
     EngineSpec,
     FeatureSpec,
     SpecError,
-    StreamInput,
     compile_flow,
     compile_view,
     compile_views,
@@ -61,6 +61,14 @@ def shipped_views() -> list[StreamFeatureView]:
     return views
 
 
+TABLES = [repo_features.user_profile, repo_features.category_risk]
+ENTITIES = [repo_entities.user, repo_entities.category]
+
+
+def shipped_spec() -> EngineSpec:
+    return compile_views(shipped_views(), entities=ENTITIES, feature_views=TABLES)
+
+
 # Expected, written out by hand from shared/spec/features.md (not derived from feast_repo).
 PURCHASE = (("event_type", frozenset({"purchase"})),)
 EXPECTED = {
@@ -75,14 +83,22 @@ EXPECTED = {
         "count_distinct", "category", "session", 30 * MIN_US, 0,
         (("event_type", frozenset({"view"})),), "int64",
     ),
+    # issue 10: over joined, derived and looked-up columns
+    "max_amount_to_credit_24h": ("max", "amount_to_credit", "sliding", 24 * HOUR_US, MIN_US,
+                                 PURCHASE, "float64"),
+    "risky_purchase_count_1h": (
+        "count", "event_id", "sliding", HOUR_US, MIN_US,
+        (("event_type", frozenset({"purchase"})), ("risky", frozenset({"true"}))), "int64",
+    ),
 }
+PROFILE_FIELDS = ("account_age_days", "credit_score", "segment")
 
 
 def check_reference_spec(spec: EngineSpec) -> None:
     assert spec.join_key == "user_id"
     assert spec.push_source == "user_features_push"
     assert sorted(spec.feature_names) == sorted(EXPECTED)
-    assert len(spec.features) == 5
+    assert len(spec.features) == len(EXPECTED)
     for f in spec.features:
         got = (f.function, f.column, f.kind, f.window_us, f.slide_us, f.where, f.dtype)
         assert got == EXPECTED[f.name], f.name
@@ -92,25 +108,31 @@ def check_reference_spec(spec: EngineSpec) -> None:
 
 # ---------------------------------------------------------------- the shipped definitions
 
-def test_shipped_views_compile_to_the_five_reference_features():
-    spec = compile_views(shipped_views(), entities=[repo_entities.user])
+def test_shipped_views_compile_to_the_reference_features():
+    spec = shipped_spec()
     check_reference_spec(spec)
     assert spec.views == tuple(sorted(spec.views))
     # the same spec when asked for the entity by join key
-    assert compile_views(shipped_views(), "user_id", entities=[repo_entities.user]) == spec
+    assert compile_views(shipped_views(), "user_id", entities=ENTITIES,
+                         feature_views=TABLES) == spec
+    # a join or lookup names a Feast view: without it the definitions do not compile
+    with pytest.raises(SpecError, match=r"feast_bytewax.join 'user_profile' is not a "
+                                        r"FeatureView"):
+        compile_views(shipped_views(), entities=ENTITIES)
 
 
 def test_feature_service_serves_exactly_the_compiled_features():
     service = repo_services.user_fraud_features
     served = sorted(f.name for p in service.feature_view_projections for f in p.features)
-    spec = compile_views(shipped_views(), entities=[repo_entities.user])
-    assert served == sorted(spec.feature_names) == sorted(EXPECTED)
+    spec = shipped_spec()
+    assert served == sorted([*spec.feature_names, *PROFILE_FIELDS])
+    assert sorted(spec.feature_names) == sorted(EXPECTED)
     views_of_service = {p.name for p in service.feature_view_projections}
-    assert views_of_service == set(spec.views)
+    assert views_of_service == {*spec.views, "user_profile"}
 
 
 def test_features_sharing_slide_and_filter_share_a_group():
-    spec = compile_views(shipped_views(), entities=[repo_entities.user])
+    spec = shipped_spec()
     by_name = {f.name: f for f in spec.features}
     purchase = {by_name[n].group_key for n in
                 ("purchase_count_30m", "avg_amount_1h", "max_amount_24h")}
@@ -132,12 +154,14 @@ def test_registry_copies_compile_to_the_same_spec(tmp_path):
     )
     store = FeatureStore(config=config)
     store.apply([
-        repo_entities.user, repo_sources.user_features_batch, repo_sources.user_features_push,
-        *shipped_views(), repo_services.user_fraud_features,
+        *ENTITIES, repo_sources.user_features_batch, repo_sources.user_features_push,
+        repo_sources.user_profile_batch, repo_sources.user_profile_push,
+        repo_sources.user_profile_versions, repo_sources.category_risk_source,
+        *TABLES, *shipped_views(), repo_services.user_fraud_features,
     ])
     from_registry = load_spec(store)
     check_reference_spec(from_registry)
-    assert from_registry == compile_views(shipped_views(), entities=[repo_entities.user])
+    assert from_registry == shipped_spec()
     assert load_spec(store, "user_id") == from_registry
 
 
@@ -372,11 +396,12 @@ def test_undeclared_columns_fail_at_compile_time_naming_view_and_column():
 
 def test_one_flow_serves_every_entity_with_its_declared_schema():
     ddl = "merchant_id STRING, channel STRING, discounted DOUBLE"
-    flow = compile_flow([*shipped_views(), merchant_view()], entities=[repo_entities.user],
-                        sources=[kafka_source(ddl)])
+    flow = compile_flow([*shipped_views(), merchant_view()], entities=ENTITIES,
+                        sources=[kafka_source(ddl), repo_sources.user_profile_versions],
+                        feature_views=TABLES)
     assert [e.join_key for e in flow.entities] == ["merchant_id", "user_id"]
     assert flow.entity("merchant_id").feature_names == ("web_sales_1h",)
-    assert flow.entity("user_id") == compile_views(shipped_views(), entities=[repo_entities.user])
+    assert flow.entity("user_id") == shipped_spec()
     assert flow.schema.extra == (("merchant_id", "string"), ("channel", "string"),
                                  ("discounted", "double"))
     assert flow.stream == StreamInput("events_stream", ("b1:9092", "b2:9092"), "events", 7.0,
@@ -407,9 +432,8 @@ def test_several_kafka_sources_need_the_input_tag():
 
 
 def test_fingerprint_and_identity_change_with_a_definition():
-    spec = compile_views(shipped_views(), entities=[repo_entities.user])
-    assert spec.fingerprint == compile_views(shipped_views(),
-                                             entities=[repo_entities.user]).fingerprint
+    spec = shipped_spec()
+    assert spec.fingerprint == shipped_spec().fingerprint
     longer = replace(spec, features=(replace(spec.features[0], window_us=2 * HOUR_US),
                                      *spec.features[1:]))
     assert longer.fingerprint != spec.fingerprint

@@ -1,7 +1,8 @@
 """Click options derived from the pydantic settings models (`feast_bytewax.config`).
 
 A field is written once, in its model: its type, default, bounds and help text become the
-option (`watermark_delay` -> ``--watermark-delay``, ``[default: 5.0]``). The command body
+option (`watermark_delay` -> ``--watermark-delay``, ``[default: 5.0]``; a bool field is an
+on/off flag pair, `stop_at_end` -> ``--stop-at-end/--no-stop-at-end``). The command body
 gets only what was given on the command line (`given`); the model fills the rest from the
 environment and its defaults, and validates it all (`feast_bytewax.config.load`).
 """
@@ -78,9 +79,10 @@ def model_options(model: type[BaseSettings], *, exclude: Iterable[str] = (),
             help_text = (field.description or "") + f"  [env: {ENV_PREFIX}{name.upper()}]"
             default = None if field.is_required() else field.default
             if _inner(field.annotation) is bool:
-                decl = f"{flag}/--no-{flag[2:]}" if default else flag
-                opt = click.option(decl, name, default=bool(default), show_default=True,
-                                   help=help_text)
+                # an on/off flag pair whatever the default (`--stop-at-end/--no-stop-at-end`,
+                # like `--online/--no-online`): a bool option never takes a value
+                opt = click.option(f"{flag}/--no-{flag[2:]}", name, is_flag=True,
+                                   default=bool(default), show_default=True, help=help_text)
             else:
                 ctype, multiple = _click_type(field.annotation)
                 opt = click.option(flag, name, type=ctype, multiple=multiple,

@@ -1,7 +1,9 @@
 """`feast-bytewax demo`: the README's main command, end to end on the embedded stores.
 
-generate events -> feast apply -> replay through the dataflow (SQLite online + parquet
-folder offline) -> read the features back through Feast, online and point-in-time.
+generate events, profile versions and a category risk table -> feast apply (and load the
+risk table into the online store, where lookups read it) -> replay through the dataflow
+(SQLite online + parquet folder offline; each event joined with the profile valid at its
+time) -> read the features back through Feast, online and point-in-time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from feast_bytewax.config import DemoConfig, ReplayConfig
 from feast_bytewax.dataflow.replay import ReplayResult, run_replay
 from feast_bytewax.dataflow.repo import apply_repo, open_store
 from feast_bytewax.datagen.generate import write_events
+from feast_bytewax.datagen.profiles import (
+    generate_category_risk,
+    generate_profiles,
+    write_category_risk,
+    write_profiles,
+)
 from feast_bytewax.observability.progress import live_progress
 from feast_bytewax.training import training_frame
 
@@ -52,19 +60,30 @@ def run_demo(args: DemoConfig) -> ReplayResult:
     events_path = data / "events.parquet"
     # The last 24 hours, so the online values are "now"-ish and no event is in the future.
     start = (datetime.now(UTC) - timedelta(hours=24)).replace(microsecond=0)
-    console.rule("1/4 generate events")
+    console.rule("1/4 generate events, profiles and category risks")
     gen = write_events(events_path, args.count, args.users, seed=args.seed, start=start)
     console.print(f"{gen['rows']:,} events, {gen['users']:,} users, {gen['late_rows']:,} late, "
                   f"{gen['min_event_timestamp']} .. {gen['max_event_timestamp']} -> {events_path}")
+    # the demo's window ends now: no profile version is valid only in the future
+    profiles = generate_profiles(args.users, start, timedelta(hours=24), args.seed,
+                                 after_end_fraction=0.0)
+    profiles_path = write_profiles(data / "profiles.parquet", profiles)
+    risk_path = write_category_risk(data / "category_risk.parquet",
+                                    generate_category_risk(args.seed,
+                                                           as_of=start - timedelta(days=1)))
+    console.print(f"{profiles.num_rows:,} profile versions -> {profiles_path}; category risks "
+                  f"-> {risk_path}")
 
-    console.rule("2/4 feast apply")
+    console.rule("2/4 feast apply; the risk table into the online store (lookups read it)")
     apply_repo(repo)
+    open_store(repo).materialize(start - timedelta(days=2), datetime.now(UTC),
+                                 feature_views=["category_risk"])
 
     console.rule("3/4 replay through the Bytewax dataflow into Feast")
     with live_progress(True) as on_progress:
         result = run_replay(ReplayConfig(repo=repo, events=str(events_path)),
                             on_progress=on_progress)
-    console.print(result.describe())
+    console.print(result.describe(), markup=False)
 
     console.rule("4/4 read the features back through Feast")
     store = open_store(repo)

@@ -2,11 +2,12 @@
 
 `FeastSink` is the Bytewax 0.21 output: a `FixedPartitionedSink` whose partitions each own a
 `FeastWriter` and a `FeatureStore` built on the worker from a repo path. At every snapshot
-(epoch end) a partition flushes and commits its offline parts (`FeastWriter.checkpoint`), and
-that commit state is its Bytewax resume state: Bytewax resumes a partition with the state of
-the last epoch it fully committed, and the writer then deletes what it wrote after it, so
-the rows replayed after a crash replace them instead of doubling them (exactly-once effect;
-online writes are idempotent overwrites anyway).
+(epoch end) a partition flushes and commits its offline parts (`FeastWriter.checkpoint`, as
+its two steps `flush` and `commit`, so that a failure says which: "Feast write failed" or
+"Feast commit failed"), and that commit state is its Bytewax resume state: Bytewax resumes
+a partition with the state of the last epoch it fully committed, and the writer then deletes
+what it wrote after it, so the rows replayed after a crash replace them instead of doubling
+them (exactly-once effect; online writes are idempotent overwrites anyway).
 
 A partition closing at the real end of the input (`RunLifecycle.ended`, set by the feature
 steps' `on_eof`) commits for good (a replay: replacing its time range); a close during an
@@ -63,7 +64,10 @@ class FeastSinkPartition(StatefulSinkPartition[FeatureRow, dict]):
         self._guard("write", lambda: self.writer.write(values))
 
     def snapshot(self) -> dict:
-        return {"txns": self._guard("commit", self.writer.checkpoint)}
+        """`FeastWriter.checkpoint` in its two steps, each named for what can fail: the
+        flush writes (online and offline), the commit records the offline parts."""
+        self._guard("write", self.writer.flush)
+        return {"txns": self._guard("commit", self.writer.commit)}
 
     def close(self) -> None:
         """At the real end of the input a replay replaces [lo, hi]: hi is its end, else the

@@ -1,15 +1,23 @@
-"""Dataflow composition: source (validated per partition) -> route (per entity) -> features
--> sinks.
+"""Dataflow composition: sources (validated per partition) -> lookups -> route (per entity)
+-> features -> sinks.
 
 Only wiring lives here; each step's logic has its own module. One run serves every entity
 of the definitions: each entity gets its own keyed feature step (routed by its join key)
 and its own Feast sink, fed by the same validated events. Rejected input and late events
 leave through one dead-letter output, so nothing is dropped silently.
+
+Joined tables (`features.inputs.TableSpec`, e.g. user profiles) are more partitions of the
+same input (`ingest.tables.InputSet`): their versions get the same event-time treatment,
+are routed like the events of their key (co-partitioned: each shard holds the versions of
+its own keys, so the table's memory is spread over the workers), and are written through
+the table's push source to both stores. Online lookups (`dataflow.lookup`) enrich each
+micro-batch before routing, one step per worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import bytewax.operators as op
@@ -21,13 +29,16 @@ from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.step import FeatureStepConfig
 from feast_bytewax.engine.routing import shard_key
 from feast_bytewax.engine.shard import EngineConfig
+from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import EngineSpec, FlowSpec
-from feast_bytewax.ingest.partitions import EventTimeSource, PartitionPolicy
+from feast_bytewax.ingest.files import EventFileSource
+from feast_bytewax.ingest.partitions import EventTimeSource, EventValidator, PartitionPolicy
+from feast_bytewax.ingest.tables import InputSet, TableValidator
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import FeatureRow, Mark, Rejected, column_getter
+from feast_bytewax.records import FeatureRow, Mark, Rejected, TableVersion, column_getter
 from feast_bytewax.timeutil import US_PER_S, utc_now_us
 
-SinkFor = Callable[[EngineSpec], Sink]
+SinkFor = Callable[[EngineSpec | TableSpec], Sink]
 
 
 def engine_config(cfg: FlowConfig, partitions: int = 1,
@@ -79,13 +90,21 @@ def _router(entity: EngineSpec, shards: int, stats: FlowStats):
     key_of = column_getter(entity.join_key)
     name = entity.join_key
     everyone = [str(s) for s in range(shards)]
+    joined = {j.view for j in entity.enrichment.joins}
 
     def route(batch: list) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         unkeyed = 0
         for x in batch:
-            if type(x) is Mark:
+            tx = type(x)
+            if tx is Mark:
                 out.extend((s, x) for s in everyone)
+                continue
+            if tx is TableVersion:  # a version goes where the events of its key go
+                if x.view in joined:
+                    out.append((shard_key(x.key, shards), x))
+                else:
+                    unkeyed += 1
                 continue
             k = key_of(x)
             if k is None or k == "":
@@ -97,6 +116,58 @@ def _router(entity: EngineSpec, shards: int, stats: FlowStats):
         return out
 
     return route
+
+
+def _versions_as_rows(table: TableSpec, shards: int):
+    """A table's versions as rows of its view (stamped with their valid-from time), keyed
+    like its events, for the Feast sink of the table."""
+    names = table.feature_names
+
+    def rows(batch: list) -> list[tuple[str, FeatureRow]]:
+        return [(shard_key(x.key, shards),
+                 FeatureRow(x.key, x.valid_from, tuple(x.values.get(n) for n in names),
+                            "version"))
+                for x in batch if type(x) is TableVersion and x.view == table.view]
+
+    return rows
+
+
+def per_thread(factory: Callable[[], Callable[[list], list]]) -> Callable[[list], list]:
+    """A batch function built once per worker thread (its cache, pool and counters are the
+    worker's own: Bytewax calls one step function from every worker thread)."""
+    local = threading.local()
+
+    def call(batch: list) -> list:
+        fn = getattr(local, "fn", None)
+        if fn is None:
+            fn = local.fn = factory()
+        return fn(batch)
+
+    return call
+
+
+def _timed_source(source: Any, tables: Mapping[str, Any], flow_spec: FlowSpec,
+                  policy: PartitionPolicy) -> EventTimeSource:
+    """Events and joined tables as one partitioned source, each partition validated as what
+    it carries."""
+    if not tables:
+        return EventTimeSource(source, policy)
+    unknown = sorted(set(tables) - {t.view for t in flow_spec.tables})
+    if unknown:
+        raise ValueError(f"no view joins {unknown}; joined: {[t.view for t in flow_spec.tables]}")
+    inputs = InputSet(source, tables)
+    events = EventValidator(policy)
+    by_view = {v: TableValidator(flow_spec.table(v), policy.max_future) for v in tables}
+
+    def validator_for(part: str):
+        view = inputs.view_of(part)
+        return events if view is None else by_view[view]
+
+    # a table given as files is read before the events (a Kafka topic of versions follows
+    # the watermark like the events)
+    leading = frozenset(p for p in inputs.partition_order()
+                        if isinstance(tables.get(inputs.view_of(p) or ""), EventFileSource))
+    return EventTimeSource(inputs, policy, validator_for=validator_for, leading=leading)
 
 
 def build_flow(
@@ -111,6 +182,8 @@ def build_flow(
     observe: Callable[[list, int], None] | None = None,
     lifecycle: RunLifecycle | None = None,
     emit_from: int | None = None,
+    tables: Mapping[str, Any] | None = None,
+    lookup: Callable[[], Callable[[list], list]] | None = None,
 ) -> Dataflow:
     """Wire the feature pipeline of every entity in `spec` over `source` (raw
     ``(payload, origin)`` items; validated per partition by `ingest.partitions`).
@@ -120,22 +193,38 @@ def build_flow(
     factory giving each entity its own; rows reach it as `(shard, FeatureRow)`. Rejected and
     late records reach `dead_letter_sink` as `(shard_or_"input", record)`. `observe`: see
     `_accounting`. `lifecycle` learns when the input really ended (the sinks commit then).
-    `emit_from`: a range replay's start (see `ShardEngine._seed`).
+    `emit_from`: a range replay's start (see `ShardEngine._seed`). `tables`: joined view ->
+    a source of its raw versions (``(payload, origin)`` items); their rows reach
+    `feature_sink(TableSpec)` (a factory) or the shared sink. `lookup`: a factory of the
+    batch function that enriches events by online lookups (one per worker thread).
     """
     flow_spec = spec if isinstance(spec, FlowSpec) else FlowSpec((spec,))
     stats.declare(e.join_key for e in flow_spec.entities)
     shards = cfg.shards
-    timed = EventTimeSource(source, partition_policy(cfg, flow_spec, live))
+    tables = dict(tables or {})
+    timed = _timed_source(source, tables, flow_spec, partition_policy(cfg, flow_spec, live))
     partitions = len(timed.partitions())
     flow = Dataflow(flow_id)
     read = op.flat_map_batch("account", op.input("input", flow, timed),
                              _accounting(stats, observe))
     split = op.branch("split_rejected", read, lambda x: type(x) is Rejected)
     dead: list[Stream] = [op.map("tag_rejected", split.trues, lambda r: ("input", r))]
+    valid = split.falses
+    if lookup is not None:
+        valid = op.flat_map_batch("lookup", valid, per_thread(lookup))
     shared_rows: list[Stream] = []
+    for view in sorted(tables):
+        table = flow_spec.table(view)
+        if table.push_source is None:
+            continue  # a view without a push source: its versions are joined, not stored
+        rows = op.flat_map_batch(f"versions_{view}", valid, _versions_as_rows(table, shards))
+        if isinstance(feature_sink, Sink):
+            shared_rows.append(rows)
+        else:
+            op.output(f"versions_out_{view}", rows, feature_sink(table))
     for entity in flow_spec.entities:
         name = entity.join_key
-        keyed = op.flat_map_batch(f"route_{name}", split.falses, _router(entity, shards, stats))
+        keyed = op.flat_map_batch(f"route_{name}", valid, _router(entity, shards, stats))
         step = FeatureStepConfig(entity, engine_config(cfg, partitions, emit_from), stats,
                                  lifecycle, cfg.new_features)
         out = op.stateful_batch(f"features_{name}", keyed, step.build)

@@ -39,10 +39,12 @@ from feast_bytewax.config import LiveConfig, parse_kafka_url
 from feast_bytewax.dataflow.deadletters import DeadLetterSink
 from feast_bytewax.dataflow.feast_sink import FeastSink
 from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.dataflow.joins import Lookups, lookups_for, named_inputs, table_files
 from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.repo import check_repo, open_store
 from feast_bytewax.dataflow.runtime import Signals, ensure_recovery_dir, gc_frozen, ticker
 from feast_bytewax.errors import ConfigError
+from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import FlowSpec, load_flow_spec
 from feast_bytewax.kafka.deadletters import KafkaDeadLetterSink
 from feast_bytewax.kafka.settings import kafka_options
@@ -66,6 +68,7 @@ class LiveParts:
     slo: FreshnessSLO | None
     dead_letters: str  # "kafka://.../topic" or the file path
     cfg: LiveConfig
+    lookups: Lookups | None = None
 
 
 @dataclass
@@ -77,9 +80,12 @@ class LiveResult:
     slo_breaches: int
     freshness_p99_s: float | None
     dead_letters: str
+    lookups: str | None = None
 
     def summary(self) -> str:
         extra = f" in {self.seconds:.1f}s; stopped: {self.stop_reason or 'end of input'}"
+        if self.lookups:
+            extra += f"; {self.lookups}"
         if self.kafka_errors:
             extra += f"; kafka errors {self.kafka_errors}"
         if self.freshness_p99_s is not None:
@@ -138,13 +144,25 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
            if cfg.freshness_slo else None)
     lifecycle = RunLifecycle()
     run = new_run_id()
+    tables: dict[str, Any] = {}
+    for view, topic in named_inputs(cfg.profiles_topic, spec, "--profiles-topic").items():
+        tables[view] = KafkaEventSource(brokers, topic, start_from="earliest",
+                                        batch_size=cfg.batch_size, options=options, stop=stop,
+                                        tail=not cfg.stop_at_end)
+    for view, files in table_files(cfg, spec, None, use_declared=False).items():
+        if view in tables:
+            raise ConfigError(f"joined view {view!r}: give its versions as --profiles or "
+                              "--profiles-topic, not both")
+        tables[view] = files.source(cfg.batch_size, None)
 
-    def sink_for(entity):
-        return FeastSink(repo, entity, run=run, mode="live", lifecycle=lifecycle,
+    def sink_for(spec_of):
+        table = isinstance(spec_of, TableSpec)  # versions: not counted as fresh feature rows
+        return FeastSink(repo, spec_of, run=run, mode="live", lifecycle=lifecycle,
                          outage_limit=cfg.store_outage_limit, monitor=monitor,
                          max_rows=cfg.flush_rows, max_interval=cfg.flush_interval,
-                         online=cfg.online, offline=cfg.offline, stats=stats,
-                         on_flush=recorder.rows_readable)
+                         online=cfg.online, offline=cfg.offline,
+                         stats=None if table else stats,
+                         on_flush=None if table else recorder.rows_readable)
 
     if cfg.dead_letter_topic:
         for t in {cfg.dead_letter_topic, cfg.late_topic or cfg.dead_letter_topic}:
@@ -158,9 +176,11 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         dead = DeadLetterSink(path, recovery=cfg.recovery_dir)
         where = str(path)
+    lookups = lookups_for(cfg, spec, repo)
     flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, live=True,
-                      observe=recorder.observe_batch, lifecycle=lifecycle)
-    return flow, LiveParts(source, stop, recorder, slo, where, cfg)
+                      observe=recorder.observe_batch, lifecycle=lifecycle, tables=tables,
+                      lookup=lookups)
+    return flow, LiveParts(source, stop, recorder, slo, where, cfg, lookups)
 
 
 def run_live(cfg: LiveConfig, on_progress: Callable[[FlowStats, LiveParts], None] | None = None,
@@ -197,11 +217,15 @@ def run_live(cfg: LiveConfig, on_progress: Callable[[FlowStats, LiveParts], None
         if signals is None or signals.aborted is None:
             raise
         parts.stop.request_stop(signals.aborted)
+    finally:
+        if parts.lookups is not None:
+            parts.lookups.close()
     if slo is not None:
         slo.check()
     return LiveResult(
         stats=stats, seconds=time.perf_counter() - t0, stop_reason=parts.stop.reason,
         kafka_errors=dict(parts.source.errors.counts), slo_breaches=slo.breaches if slo else 0,
         freshness_p99_s=slo.last_p99 if slo else None, dead_letters=parts.dead_letters,
+        lookups=parts.lookups.summary() if parts.lookups is not None else None,
     )
 

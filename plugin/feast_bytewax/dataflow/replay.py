@@ -34,10 +34,12 @@ from feast_bytewax.config import ReplayConfig
 from feast_bytewax.dataflow.deadletters import DeadLetterSink
 from feast_bytewax.dataflow.feast_sink import FeastSink
 from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.dataflow.joins import Lookups, lookups_for, table_files
 from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.repo import check_repo, open_store
 from feast_bytewax.dataflow.runtime import ensure_recovery_dir, gc_frozen, ticker
 from feast_bytewax.errors import ConfigError
+from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import FlowSpec, load_flow_spec
 from feast_bytewax.ingest.files import EventFileSource, resolve_event_files
 from feast_bytewax.ingest.inventory import event_time_range, input_identity
@@ -51,10 +53,14 @@ class ReplayResult:
     stats: FlowStats
     seconds: float
     dead_letter_path: Path
+    lookups: Lookups | None = None
 
     def describe(self) -> str:
         """The one-line summary `replay` ends with."""
-        return f"{self.stats.summary()} in {self.seconds:.1f}s"
+        text = f"{self.stats.summary()} in {self.seconds:.1f}s"
+        if self.lookups is not None and self.lookups.steps:
+            text += f"; {self.lookups.summary()}"
+        return text
 
 
 def events_path(cfg: ReplayConfig, spec: FlowSpec) -> str:
@@ -92,13 +98,24 @@ def build_replay_flow(cfg: ReplayConfig, stats: FlowStats, spec: FlowSpec | None
     replace = (lo, end_us - 1 if end_us is not None else None)
     lookback = max(e.lookback_us for e in spec.entities)
     read_from = None if start_us is None else from_us(start_us - lookback)
+    tables = table_files(cfg, spec, cfg.s3_endpoint, use_declared=True)
     digest = hashlib.sha256(repr((input_identity(files), start_us, end_us,
-                                  [e.fingerprint for e in spec.entities])).encode())
+                                  [e.fingerprint for e in spec.entities],
+                                  sorted((v, t.identity) for v, t in tables.items()))).encode())
     run = new_run_id(digest.hexdigest())
     lifecycle = RunLifecycle()
+    # a table's versions are read whole (an event at --start needs the version before it):
+    # its rows replace the versions' own time range
+    table_range = {t.table.view: t.time_range() for t in tables.values()}
 
-    def sink_for(entity):
-        return FeastSink(repo, entity, run=run, mode="replay", replace=replace,
+    def sink_for(spec_of):
+        if isinstance(spec_of, TableSpec):
+            return FeastSink(repo, spec_of, run=run, mode="replay",
+                             replace=table_range.get(spec_of.view) or (None, None),
+                             lifecycle=lifecycle, outage_limit=cfg.store_outage_limit,
+                             max_rows=cfg.flush_rows, max_interval=cfg.flush_interval,
+                             online=cfg.online, offline=cfg.offline)
+        return FeastSink(repo, spec_of, run=run, mode="replay", replace=replace,
                          write_from=start_us, lifecycle=lifecycle,
                          outage_limit=cfg.store_outage_limit, max_rows=cfg.flush_rows,
                          max_interval=cfg.flush_interval, online=cfg.online,
@@ -108,16 +125,20 @@ def build_replay_flow(cfg: ReplayConfig, stats: FlowStats, spec: FlowSpec | None
     source = EventFileSource(path, batch_size=cfg.batch_size, start=read_from, end=cfg.end,
                              columns=spec.schema.columns, s3_endpoint_override=cfg.s3_endpoint)
     dead = DeadLetterSink(dead_path, recovery=cfg.recovery_dir)
+    lookups = lookups_for(cfg, spec, repo)
     flow = build_flow("replay", cfg, spec, source, sink_for, dead, stats, lifecycle=lifecycle,
-                      emit_from=start_us)
-    return flow, dead_path
+                      emit_from=start_us,
+                      tables={v: t.source(cfg.batch_size, cfg.s3_endpoint)
+                              for v, t in tables.items()},
+                      lookup=lookups)
+    return flow, dead_path, lookups
 
 
 def run_replay(cfg: ReplayConfig, on_progress: Callable[[FlowStats], None] | None = None,
                spec: FlowSpec | None = None) -> ReplayResult:
     """Replay the events through the dataflow into Feast; returns the run's counters."""
     stats = FlowStats()
-    flow, dead_path = build_replay_flow(cfg, stats, spec)
+    flow, dead_path, lookups = build_replay_flow(cfg, stats, spec)
     recovery = None
     if cfg.recovery_dir is not None:
         ensure_recovery_dir(cfg.recovery_dir)
@@ -125,7 +146,11 @@ def run_replay(cfg: ReplayConfig, on_progress: Callable[[FlowStats], None] | Non
     t0 = time.perf_counter()
     with ticker(0.25, None if on_progress is None else lambda: on_progress(stats)), \
             gc_frozen():
-        cli_main(flow, workers_per_process=cfg.workers,
-                 epoch_interval=timedelta(seconds=cfg.epoch_interval),
-                 recovery_config=recovery)
-    return ReplayResult(stats, time.perf_counter() - t0, dead_path)
+        try:
+            cli_main(flow, workers_per_process=cfg.workers,
+                     epoch_interval=timedelta(seconds=cfg.epoch_interval),
+                     recovery_config=recovery)
+        finally:
+            if lookups is not None:
+                lookups.close()
+    return ReplayResult(stats, time.perf_counter() - t0, dead_path, lookups)

@@ -43,6 +43,7 @@ from feast_bytewax.dataflow.frames import (
     view_target,
 )
 from feast_bytewax.dataflow.retry import StoreRetry
+from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.metrics import PUSH_SECONDS
 from feast_bytewax.observability.stats import FlowStats
@@ -63,7 +64,8 @@ class FeastWriter:
 
     Args:
         store: a `feast.FeatureStore` (injected; its registry must hold the spec's views).
-        spec: the `EngineSpec` whose `feature_names` the rows' `values` follow.
+        spec: the `EngineSpec` (or a joined table's `TableSpec`) whose `feature_names` the
+            rows' `values` follow.
         max_rows: flush when this many rows are buffered (default 10 000).
         max_interval: seconds (or a timedelta) after the last flush at which a write flushes
             (default 1 s); 0 flushes on every write.
@@ -86,7 +88,7 @@ class FeastWriter:
     def __init__(
         self,
         store: Any,
-        spec: EngineSpec,
+        spec: EngineSpec | TableSpec,
         *,
         max_rows: int = DEFAULT_MAX_ROWS,
         max_interval: float | timedelta = DEFAULT_MAX_INTERVAL_S,
@@ -226,8 +228,14 @@ class FeastWriter:
 
     def checkpoint(self) -> dict:
         """At a Bytewax snapshot: flush, then commit (live) or stage (replay) the offline
-        parts written since the last one. Returns the resume state."""
+        parts written since the last one (`flush()` then `commit()`). Returns the resume
+        state."""
         self.flush()
+        return self.commit()
+
+    def commit(self) -> dict:
+        """Commit (live) or stage (replay) the offline parts written since the last
+        checkpoint, without flushing first. Returns the resume state."""
         return {name: self.retry.call("offline", txn.checkpoint, None, self)
                 for name, txn in self.txns.items()}
 
@@ -244,15 +252,18 @@ class FeastWriter:
         self._closed = True
 
 
-def resolve_views(store: Any, spec: EngineSpec) -> list:
-    """The registered stream views the spec's rows feed, checked against the spec."""
-    views = store.list_stream_feature_views()
+def resolve_views(store: Any, spec: EngineSpec | TableSpec) -> list:
+    """The registered views the spec's rows feed (stream views; a joined table's plain
+    `FeatureView`), checked against the spec."""
+    views = list(store.list_stream_feature_views())
+    if isinstance(spec, TableSpec):
+        views += store.list_feature_views()
     if spec.views:
         by_name = {v.name: v for v in views}
         missing = [n for n in spec.views if n not in by_name]
         if missing:
             raise ValueError(
-                f"stream feature views {missing} of the spec are not in the registry "
+                f"feature views {missing} of the spec are not in the registry "
                 f"(registered: {sorted(by_name)}); run `feast apply`"
             )
         chosen = [by_name[n] for n in spec.views]

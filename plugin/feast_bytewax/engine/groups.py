@@ -29,7 +29,7 @@ class CompiledSpec:
         self.spec = spec
         self.key_of = column_getter(spec.join_key)
         enrich = spec.enrichment
-        self._joined = {c for j in enrich.joins for c, _ in j.columns}
+        self._joined = {c: j.view for j in enrich.joins for c, _ in j.columns}
         self._derived = {d.name: d.expr for d in enrich.derived}
         self._getters: dict[str, Callable] = {}
         self.kinds = dict(spec.kinds)
@@ -85,8 +85,9 @@ class CompiledSpec:
             if column in self._derived:
                 got = compile_expression(self._derived[column], self.getter)
             elif column in self._joined:
-                def got(ev: Any, c: str = column) -> Any:
-                    return (ev.joined or _NO_JOIN).get(c)
+                def got(ev: Any, c: str = column, view: str = self._joined[column]) -> Any:
+                    entry = (ev.joined or _NO_JOIN).get(view)
+                    return None if entry is None else entry[1].get(c)
             else:
                 got = column_getter(column)
             self._getters[column] = got

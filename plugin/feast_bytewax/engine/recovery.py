@@ -18,12 +18,13 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
+from feast_bytewax.engine.joins import Versions
 from feast_bytewax.engine.state import KeyState
 from feast_bytewax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 4
+FORMAT = 5
 
 
 @dataclass
@@ -53,7 +54,7 @@ def snapshot_state(engine: Any) -> bytes:
         "keys": {k: (v.groups, v.emitted) for k, v in engine.keys.items()},
         "buffer": engine.buffer, "timers": engine.timers, "open_rows": engine.open_rows,
         "marks": engine.marks, "dedup": engine.dedup, "frontier": engine.frontier,
-        "seeded": engine.seeded, "versions": engine.versions, "retained": engine.retained,
+        "seeded": engine.seeded, "joins": engine.joins,
         "seq": engine.seq, "counts": engine.counts,
     }
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
@@ -118,6 +119,17 @@ def _remap(engine: Any, state: dict, keys: dict, old_features: list, old_groups:
         engine.keys[k] = ks
     state["open_rows"] = {k: [r[0], vector(r[1]), r[2]] for k, r in state["open_rows"].items()}
     state["timers"] = [(t, k, gid_map[g]) for t, k, g in state["timers"] if g in gid_map]
+    joins = state["joins"]  # kept events follow their group; a view no longer joined goes
+    retained = joins.retained.by_key
+    for k in list(retained):
+        groups = {gid_map[g]: evs for g, evs in retained[k].items() if g in gid_map}
+        if groups:
+            retained[k] = groups
+        else:
+            del retained[k]
+    wanted = tuple(j.view for j in cs.spec.enrichment.joins)
+    joins.versions = {v: joins.versions.get(v) or Versions() for v in wanted}
+    joins.views = wanted
     kept = {old_features[j] for j in slots if j is not None}
     report.kept = sorted(names[i] for i in kept)
     report.new = sorted(f.name for f, j in zip(cs.spec.features, slots, strict=True) if j is None)

@@ -32,7 +32,7 @@ from typing import Any
 
 from feast_bytewax.engine.dedup import RecentIds
 from feast_bytewax.engine.groups import CompiledSpec
-from feast_bytewax.engine.joins import Retained, Versions
+from feast_bytewax.engine.joins import JoinState
 from feast_bytewax.engine.recovery import RestoreReport, restore_state, snapshot_state
 from feast_bytewax.engine.state import KeyState
 from feast_bytewax.engine.watermark import PartitionWatermarks
@@ -67,17 +67,16 @@ class ShardEngine:
     def __init__(self, spec: EngineSpec, config: EngineConfig, snapshot: bytes | None = None):
         self.cs = CompiledSpec(spec)
         self.config = config
+        # events are kept for corrections only when a late version can still change them
+        self.retain = bool(self.cs.joined_groups) and config.allowed_lateness > 0
         self.lateness = config.allowed_lateness
         self.keys: dict[str, KeyState] = {}
-        # (t, rank, seq, item) heap: at one instant a table version (rank 0) is released
-        # before the events (rank 1) that join it
-        self.buffer: list[tuple[int, int, int, Event | TableVersion]] = []
+        self.buffer: list[tuple[int, int, Event]] = []  # (t, seq, event) heap
         self.timers: list[tuple[int, str, int]] = []  # (t, key, gid) heap, lazily invalidated
         self.open_rows: dict[str, list] = {}  # key -> [ts, values, cause] not yet final
         self.marks = PartitionWatermarks(config.partitions, config.watermark_delay)
         self.dedup = RecentIds()
-        self.versions = Versions()
-        self.retained = Retained()
+        self.joins = JoinState(tuple(j.view for j in spec.enrichment.joins))
         self.frontier: int | None = None  # everything <= frontier has been released
         self.seeded = False
         self.seq = 0
@@ -121,14 +120,14 @@ class ShardEngine:
             else:  # the partition's newest: judged by what came before it
                 behind = w is not None and t <= w
                 w = marks.advance(part, f)
-            if version:
+            if version:  # kept at once: an event joins by its own time (engine.joins)
                 self.counts["versions"] += 1
                 if behind:
                     self.seq = seq
                     self._late_version(ev, w, out)
                 else:
-                    seq += 1
-                    push(buf, (t, 0, seq, ev))
+                    self._keep_version(ev, t)
+                    accepted += 1
                 continue
             if behind:
                 self.seq, self.counts["processed"] = seq, self.counts["processed"] + accepted
@@ -136,7 +135,7 @@ class ShardEngine:
                 self._behind_watermark(ev, w, out)
                 continue
             seq += 1
-            push(buf, (t, 1, seq, ev))
+            push(buf, (t, seq, ev))
             accepted += 1
         self.seq = seq
         self.counts["processed"] += accepted
@@ -202,11 +201,8 @@ class ShardEngine:
             else:
                 if tb > w:
                     break
-                t, rank, _, item = heapq.heappop(buf)
-                if rank:
-                    self._apply(item, t, out)
-                else:
-                    self._keep_version(item, t)
+                t, _, ev = heapq.heappop(buf)
+                self._apply(ev, t, out)
         self.frontier = w
         self._flush_open(out, w)
 
@@ -225,10 +221,7 @@ class ShardEngine:
         key = self.cs.key_of(ev)
         cs = self.cs
         if cs.joins:
-            ev.joined = self.versions.at(key, t)
-            for gid in cs.joined_groups:
-                if cs.retains(gid, ev):
-                    self.retained.keep(key, gid, t, ev)
+            self._join(ev, key, t, t)
         st = self._key(key)
         vals = self._vector(key, st)
         groups, lateness = self.cs.groups, self.lateness
@@ -246,32 +239,52 @@ class ShardEngine:
         self._changed(key, st, t, "event", out, vals)
 
     # -- temporal join (engine.joins) -----------------------------------------------------
+    def _join(self, ev: Event, key: str, t: int, now: int) -> None:
+        """Join the versions valid at t (applied at watermark time `now`); keep the event if
+        a late version may change it."""
+        self.joins.join(ev, key, t, now - self.lateness)
+        if self.retain:
+            cs = self.cs
+            for gid in cs.joined_groups:
+                if cs.retains(gid, ev):
+                    self.joins.retained.keep(key, gid, t, ev)
+
     def _keep_version(self, v: TableVersion, t: int) -> None:
-        self.versions.insert(v.key, t, v.values)
-        if self.frontier is not None:
-            self.versions.prune(v.key, self.frontier - self.lateness)
+        self.joins.insert(v, None if self.frontier is None else self.frontier - self.lateness)
 
     def _late_version(self, v: TableVersion, w: int, out: list) -> None:
         """A version behind the watermark: within the allowed lateness, the events it should
         have enriched are applied again with it (their groups rebuilt) and the change is a
-        correction row at the watermark; later, it is counted and not applied."""
+        correction row at the watermark; later, it is counted, reported (a late record) and
+        only joined by the events applied from now on."""
         t = v.valid_from
-        if w - t > self.lateness:
-            self.counts["late_versions"] += 1
+        self._advance(w, out)  # what is due was applied before this version arrived
+        if not self.cs.joined_groups:  # no feature reads the table: nothing to correct
+            self.counts["processed"] += 1
+            self._keep_version(v, t)
             return
-        self._advance(w, out)
+        if w - t > self.lateness or not self.retain:  # too late to correct: it holds for
+            # the events to come (without lateness no events are kept to rebuild from)
+            self.counts["late_versions"] += 1
+            self.counts["late"] += 1
+            self._keep_version(v, t)
+            out.append(Late(v, f"late_version: valid from {(w - t) / 1e6:.3f} s behind the "
+                               f"watermark, allowed lateness {self.lateness / 1e6:g} s; "
+                               "events already applied keep the version they joined, later "
+                               "ones join it", w))
+            return
+        self.counts["processed"] += 1
         self._keep_version(v, t)
         key, cs = v.key, self.cs
         st = self._key(key)
         vals = self._vector(key, st)
         for gid in cs.joined_groups:
-            events = self.retained.events(key, gid)
-            if not any(et >= t for et, _ in events):
+            events = self.joins.rejoin(v, gid)
+            if events is None:
                 continue  # no kept event is at or after the version: nothing changes
             g = cs.groups[gid]
             gs = g.new_state()
             for et, ev in events:
-                ev.joined = self.versions.at(key, et)
                 if gid in cs.groups_for(ev):
                     gs.add(g, ev, et)
             gs.expire(g, w, self.lateness)
@@ -286,10 +299,7 @@ class ShardEngine:
     def _correct(self, ev: Event, w: int, out: list) -> None:
         key = self.cs.key_of(ev)
         if self.cs.joins:
-            ev.joined = self.versions.at(key, ev.event_timestamp)
-            for gid in self.cs.joined_groups:
-                if self.cs.retains(gid, ev):
-                    self.retained.keep(key, gid, ev.event_timestamp, ev)
+            self._join(ev, key, ev.event_timestamp, w)
         st = self._key(key)
         vals = self._vector(key, st)
         touched = False
@@ -320,7 +330,7 @@ class ShardEngine:
         gs.expire(g, t, self.lateness)
         joined = self.cs.joined_groups.get(gid)
         if joined is not None:  # kept events that left every window of the group go
-            self.retained.prune(key, gid, t - joined[1] - g.slide)
+            self.joins.retained.prune(key, gid, t - joined[1] - g.slide)
         self._schedule(key, gid, gs, gs.next_wakeup(g, t, self.lateness))
         if gs.is_empty():
             st.groups[gid] = None

@@ -100,7 +100,17 @@ def _literal(text: str, kind: str, where: str) -> Any:
     return text
 
 
-def parse_lookups(text: str, views: dict, view: str) -> tuple[Lookup, ...]:
+KeysOf = Callable[[Any], list[str]]
+
+
+def registry_keys(fv: Any) -> list[str]:
+    """A registry copy's join keys (a fresh object knows only its entities' names: the
+    compiler passes a resolver that knows the entities)."""
+    return list(fv.join_keys or [])
+
+
+def parse_lookups(text: str, views: dict, view: str,
+                  keys_of: KeysOf = registry_keys) -> tuple[Lookup, ...]:
     """`category_risk:risk=0.0, other:f` -> lookups (checked against the Feast views)."""
     out = []
     for item in filter(None, (p.strip() for p in text.split(","))):
@@ -114,7 +124,7 @@ def parse_lookups(text: str, views: dict, view: str) -> tuple[Lookup, ...]:
         fields = {f.name: f for f in fv.features}
         if feature not in fields:
             raise SpecError(f"{where}: {target!r} has no feature {feature!r} ({sorted(fields)})")
-        keys = list(fv.join_keys or [])
+        keys = keys_of(fv)
         if len(keys) != 1:
             raise SpecError(f"{where}: {target!r} must have one join key, has {keys}")
         kind = feast_kind(fields[feature].dtype)
@@ -123,8 +133,9 @@ def parse_lookups(text: str, views: dict, view: str) -> tuple[Lookup, ...]:
     return tuple(out)
 
 
-def temporal_join(fv: Any, entity_key: str, view: str) -> TemporalJoin:
-    keys = list(fv.join_keys or [])
+def temporal_join(fv: Any, entity_key: str, view: str,
+                  keys_of: KeysOf = registry_keys) -> TemporalJoin:
+    keys = keys_of(fv)
     if keys != [entity_key]:
         raise SpecError(f"view {view!r}: {TAG_JOIN} {fv.name!r} keys on {keys}; a temporal join "
                         f"needs the view's own entity key [{entity_key!r}]")
@@ -213,8 +224,11 @@ def _closure(node: ast.AST, getter: Callable) -> Callable[[Any], Any]:
         fn, a, b = _ARITH[type(node.op)], _closure(node.left, getter), _closure(node.right, getter)
 
         def arith(ev: Any) -> Any:
-            x, y = a(ev), b(ev)
-            if x is None or y is None or x != x or y != y:
+            x = a(ev)
+            if x is None or x != x:
+                return None
+            y = b(ev)
+            if y is None or y != y:
                 return None
             try:
                 return fn(x, y)
@@ -222,6 +236,23 @@ def _closure(node: ast.AST, getter: Callable) -> Callable[[Any], Any]:
                 return None
 
         return arith
+    if isinstance(node, ast.Compare) and len(node.ops) == 1:  # the usual `x >= 0.8`
+        op, a, b = _COMPARE[type(node.ops[0])], _closure(node.left, getter), \
+            _closure(node.comparators[0], getter)
+
+        def compare1(ev: Any) -> Any:
+            x = a(ev)
+            if x is None:
+                return None
+            y = b(ev)
+            if y is None:
+                return None
+            try:
+                return op(x, y)
+            except TypeError:
+                return None
+
+        return compare1
     if isinstance(node, ast.Compare):
         parts = [_closure(n, getter) for n in (node.left, *node.comparators)]
         ops = [_COMPARE[type(o)] for o in node.ops]
@@ -331,7 +362,8 @@ class ViewColumns:
 
 
 def view_enrichment(view: Any, schema: Any, entity_key: str | None,
-                    feature_views: dict[str, Any]) -> Enrichment:
+                    feature_views: dict[str, Any],
+                    keys_of: KeysOf = registry_keys) -> Enrichment:
     """What a view's join, lookup and derive tags add (checked against the Feast views)."""
     tags = view.tags or {}
     joins = []
@@ -340,8 +372,8 @@ def view_enrichment(view: Any, schema: Any, entity_key: str | None,
         if fv is None:
             raise SpecError(f"view {view.name!r}: {TAG_JOIN} {name!r} is not a FeatureView; "
                             f"known: {sorted(feature_views)}")
-        joins.append(temporal_join(fv, entity_key or "", view.name))
-    lookups = parse_lookups(tags.get(TAG_LOOKUP, ""), feature_views, view.name)
+        joins.append(temporal_join(fv, entity_key or "", view.name, keys_of))
+    lookups = parse_lookups(tags.get(TAG_LOOKUP, ""), feature_views, view.name, keys_of)
     added = {c: k for j in joins for c, k in j.columns}
     added.update({lk.column: lk.kind for lk in lookups})
     for c in added:

@@ -29,8 +29,20 @@ from feast_bytewax.features.enrich import (
     TAG_JOIN,
     TAG_LOOKUP,
     Enrichment,
+    KeysOf,
     ViewColumns,
+    registry_keys,
     view_enrichment,
+)
+from feast_bytewax.features.inputs import (
+    TAG_INPUT,
+    TAG_VERSIONS,
+    StreamInput,
+    TableSpec,
+    dtype_name,
+    event_stream,
+    stream_input,
+    table_spec,
 )
 from feast_bytewax.features.registry import make_aggregator, validate_function
 from feast_bytewax.features.schema import NUMERIC_KINDS, EventSchema, parse_schema_ddl
@@ -38,18 +50,17 @@ from feast_bytewax.timeutil import td_us
 
 TAG_FILTER = "feast_bytewax.filter"
 TAG_WINDOW = "feast_bytewax.window"
-TAG_INPUT = "feast_bytewax.input"
 TAG_PREFIX = "feast_bytewax."
 WINDOW_KINDS = ("sliding", "session")
 NUMERIC_FUNCTIONS = frozenset({"sum", "mean", "min", "max"})
-_STRUCTURAL_TAGS = (TAG_FILTER, TAG_WINDOW, TAG_INPUT, TAG_JOIN, TAG_LOOKUP, TAG_DERIVE)
+_STRUCTURAL_TAGS = (TAG_FILTER, TAG_WINDOW, TAG_INPUT, TAG_JOIN, TAG_LOOKUP, TAG_DERIVE,
+                    TAG_VERSIONS)
 
 __all__ = [
     "EngineSpec",
     "FeatureSpec",
     "FlowSpec",
     "SpecError",
-    "StreamInput",
     "compile_flow",
     "compile_view",
     "compile_views",
@@ -124,24 +135,19 @@ class EngineSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamInput:
-    """The event stream declared in `feast_repo/` as a Feast `KafkaSource`."""
-
-    name: str
-    brokers: tuple[str, ...]
-    topic: str
-    watermark_delay_s: float | None
-    archive: str | None  # path/URI of the batch source: the event archive replays read
-    timestamp_field: str = "event_timestamp"
-
-
-@dataclass(frozen=True, slots=True)
 class FlowSpec:
     """One run: every entity's `EngineSpec`, the event schema, the declared input stream."""
 
     entities: tuple[EngineSpec, ...]
     schema: EventSchema = field(default_factory=EventSchema)
     stream: StreamInput | None = None
+    tables: tuple[TableSpec, ...] = ()  # the views events join as of their time
+
+    def table(self, view: str) -> TableSpec:
+        for t in self.tables:
+            if t.view == view:
+                return t
+        raise SpecError(f"no joined view {view!r}; joined: {[t.view for t in self.tables]}")
 
     def entity(self, join_key: str) -> EngineSpec:
         for e in self.entities:
@@ -166,14 +172,6 @@ def parse_filter(text: str, view: str) -> tuple[tuple[str, frozenset[str]], ...]
     return tuple(sorted(clauses, key=lambda c: (c[0], sorted(c[1]))))
 
 
-def _dtype_name(dtype: object) -> str:
-    name = str(dtype).lower()
-    for known in ("int64", "int32", "float64", "float32", "string", "bool"):
-        if known in name:
-            return known
-    return name
-
-
 def _check_column(schema: EventSchema | ViewColumns, column: str, what: str,
                   where_txt: str) -> str:
     kind = schema.kind(column)
@@ -187,13 +185,14 @@ def _check_column(schema: EventSchema | ViewColumns, column: str, what: str,
 
 def compile_view(view, schema: EventSchema | None = None, join_key: str | None = None,
                  feature_views: Mapping[str, object] | None = None,
-                 enrichment: Enrichment | None = None) -> list[FeatureSpec]:
+                 enrichment: Enrichment | None = None,
+                 keys_of: KeysOf = registry_keys) -> list[FeatureSpec]:
     """Compile one `StreamFeatureView` (object or registry copy) into feature specs, checking
     every column it reads against `schema` (default: the spec's event fields) plus what its
     join, lookup and derive tags add (`features.enrich`)."""
     base = schema or EventSchema()
     if enrichment is None:
-        enrichment = view_enrichment(view, base, join_key, dict(feature_views or {}))
+        enrichment = view_enrichment(view, base, join_key, dict(feature_views or {}), keys_of)
     schema = ViewColumns(base, enrichment.kinds())
     tags: Mapping[str, str] = view.tags or {}
     kind = tags.get(TAG_WINDOW, "sliding").strip().lower()
@@ -243,7 +242,7 @@ def compile_view(view, schema: EventSchema | None = None, join_key: str | None =
         specs.append(FeatureSpec(
             name=name, view=view.name, function=function, column=agg.column, kind=kind,
             window_us=window, slide_us=slide, where=where,
-            dtype=_dtype_name(fields[name].dtype), options=options,
+            dtype=dtype_name(fields[name].dtype), options=options,
             depends=enrichment.depends(reads),
         ))
     return specs
@@ -263,8 +262,13 @@ def _join_keys(view, entities: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(entities[name] for name in view.entities)
 
 
+def _keys_of(entities: Mapping[str, str]) -> KeysOf:
+    return lambda fv: list(_join_keys(fv, entities))
+
+
 def _entity_spec(chosen: list, key: tuple[str, ...], schema: EventSchema,
-                 feature_views: Mapping[str, object] | None = None) -> EngineSpec:
+                 feature_views: Mapping[str, object] | None = None,
+                 keys_of: KeysOf = registry_keys) -> EngineSpec:
     names_txt = [v.name for v in chosen]
     if len(key) != 1:
         raise SpecError(f"views {names_txt} join on the composite key {list(key)}; one join "
@@ -281,7 +285,7 @@ def _entity_spec(chosen: list, key: tuple[str, ...], schema: EventSchema,
     enrichment = Enrichment()
     features: list[FeatureSpec] = []
     for v in chosen:
-        own = view_enrichment(v, schema, key[0], fvs)
+        own = view_enrichment(v, schema, key[0], fvs, keys_of)
         try:
             enrichment = enrichment.merge(own)
         except SpecError as e:
@@ -324,42 +328,9 @@ def compile_views(views: Iterable, join_key: str | None = None, entities: Iterab
     if len(keys) != 1:
         raise SpecError(f"views span several join keys {sorted(keys)}; pass join_key")
     spec = _entity_spec(chosen, next(iter(keys)), schema,
-                        {fv.name: fv for fv in feature_views})
+                        {fv.name: fv for fv in feature_views}, _keys_of(emap))
     _check_unique([spec])
     return spec
-
-
-def stream_input(source) -> StreamInput:
-    """A Feast `KafkaSource` (object or registry copy) -> `StreamInput`."""
-    opts = source.kafka_options
-    delay = opts.watermark_delay_threshold
-    batch = getattr(source, "batch_source", None)
-    archive = getattr(batch, "path", None) if batch is not None else None
-    brokers = tuple(b.strip() for b in (opts.kafka_bootstrap_servers or "").split(",")
-                    if b.strip())
-    return StreamInput(name=source.name, brokers=brokers, topic=opts.topic or "",
-                       watermark_delay_s=delay.total_seconds() if delay else None,
-                       archive=archive or None,
-                       timestamp_field=source.timestamp_field or "event_timestamp")
-
-
-def _event_stream(views: list, sources: Iterable) -> object | None:
-    """The KafkaSource the views read (tag `feast_bytewax.input`, else the only one)."""
-    kafka = {s.name: s for s in sources if hasattr(s, "kafka_options")}
-    wanted = {(v.tags or {}).get(TAG_INPUT) for v in views} - {None}
-    if len(wanted) > 1:
-        raise SpecError(f"views read several inputs {sorted(wanted)} ({TAG_INPUT}); one run "
-                        "reads one event stream")
-    if wanted:
-        name = next(iter(wanted))
-        if name not in kafka:
-            raise SpecError(f"{TAG_INPUT}={name!r}: no such KafkaSource; registered: "
-                            f"{sorted(kafka)}")
-        return kafka[name]
-    if len(kafka) > 1:
-        raise SpecError(f"several KafkaSources {sorted(kafka)}: tag the views with "
-                        f"{TAG_INPUT}=<name> to say which one carries their events")
-    return next(iter(kafka.values()), None)
 
 
 def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = (),
@@ -370,7 +341,7 @@ def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = (
     chosen = _aggregating(views)
     if not chosen:
         raise SpecError("no StreamFeatureView with aggregations found")
-    stream = _event_stream(chosen, sources)
+    stream = event_stream(chosen, sources)
     schema = EventSchema()
     if stream is not None:
         fmt = stream.kafka_options.message_format
@@ -384,9 +355,15 @@ def compile_flow(views: Iterable, entities: Iterable = (), sources: Iterable = (
     for v in chosen:
         by_key.setdefault(_join_keys(v, emap), []).append(v)
     fvs = {fv.name: fv for fv in feature_views}
-    specs = tuple(_entity_spec(vs, key, schema, fvs) for key, vs in sorted(by_key.items()))
+    keys_of = _keys_of(emap)
+    specs = tuple(_entity_spec(vs, key, schema, fvs, keys_of)
+                  for key, vs in sorted(by_key.items()))
     _check_unique(specs)
-    return FlowSpec(specs, schema, stream_input(stream) if stream is not None else None)
+    srcs = {s.name: s for s in sources}
+    joined = sorted({j.view for e in specs for j in e.enrichment.joins})
+    tables = tuple(table_spec(fvs[name], srcs, keys_of(fvs[name])) for name in joined)
+    return FlowSpec(specs, schema, stream_input(stream) if stream is not None else None,
+                    tables)
 
 
 def load_spec(store, join_key: str | None = None) -> EngineSpec:

@@ -202,8 +202,10 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
         start_us: int | None,
         end_us: int | None,
         columns: tuple[str, ...],
+        ts_column: str = TS_COLUMN,
     ):
         self._name = file.label
+        self._ts = ts_column
         self._source = file.filesystem.open_input_file(file.path)
         # object storage: coalesce each row group's column chunks into few ranged GETs
         self._pf = pq.ParquetFile(self._source, pre_buffer=not file.local)
@@ -221,7 +223,7 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
         md = self._pf.metadata.row_group(g)
         for i in range(md.num_columns):
             col = md.column(i)
-            if col.path_in_schema != TS_COLUMN:
+            if col.path_in_schema != self._ts:
                 continue
             st = col.statistics
             if st is None or not st.has_min_max or st.null_count:
@@ -271,9 +273,9 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
         return col.to_pylist()
 
     def _mask(self, batch):
-        if TS_COLUMN not in batch.schema.names:
+        if self._ts not in batch.schema.names:
             return None
-        col = batch.column(TS_COLUMN)
+        col = batch.column(self._ts)
         t = col.type
         if not (pa.types.is_timestamp(t) and t.tz is not None):
             return None
@@ -306,7 +308,7 @@ class _ParquetPartition(StatefulSourcePartition[Item, int]):
                 rows = (first + idx).tolist()
         names = batch.schema.names
         cols = [
-            self._ts_values(batch.column(i)) if nm == TS_COLUMN else batch.column(i).to_pylist()
+            self._ts_values(batch.column(i)) if nm == self._ts else batch.column(i).to_pylist()
             for i, nm in enumerate(names)
         ]
         prefix = self._name + ":"
@@ -340,6 +342,8 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
     :arg start: only parquet rows with ``event_timestamp >= start`` (aware datetime).
     :arg end: only parquet rows with ``event_timestamp < end`` (aware datetime).
     :arg columns: parquet columns to read (default: the spec's six fields).
+    :arg timestamp_column: the time column (`start` / `end` filter it; a joined table's
+        versions use their own, e.g. ``updated_at``).
     :arg s3_endpoint_override: S3-compatible endpoint for ``s3://`` paths (default: from
         the environment, see `feast_bytewax.ingest.filesystems.s3_endpoint_from_env`).
     """
@@ -352,6 +356,7 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
         end: datetime | None = None,
         columns: tuple[str, ...] = FIELDS,
         s3_endpoint_override: str | None = None,
+        timestamp_column: str = TS_COLUMN,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -361,6 +366,7 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
         self.end_us = to_us(end) if end is not None else None
         self.columns = tuple(columns)
         self.s3_endpoint_override = s3_endpoint_override
+        self.timestamp_column = timestamp_column
 
     def _files(self) -> dict[str, EventFile]:
         return {f.name: f for f in resolve_event_files(self.path, self.s3_endpoint_override)}
@@ -375,6 +381,7 @@ class EventFileSource(FixedPartitionedSource[Item, Any]):
         if file.is_parquet:
             return _ParquetPartition(
                 file, self.batch_size, resume_state, self.start_us, self.end_us, self.columns,
+                self.timestamp_column,
             )  # fmt: skip
         return _JsonLinesPartition(file, self.batch_size, resume_state)
 

@@ -34,26 +34,26 @@ def input_identity(files: list[EventFile]) -> str:
     return h.hexdigest()
 
 
-def event_time_range(files: list[EventFile]) -> tuple[int, int] | None:
+def event_time_range(files: list[EventFile], column: str = TS_COLUMN) -> tuple[int, int] | None:
     """(min, max) event time of the rows, epoch us, from parquet statistics where they are
     (else the timestamp column; JSON lines: a pass over the lines). None without any time."""
     lo: int | None = None
     hi: int | None = None
     for f in files:
-        for a, b in _file_range(f):
+        for a, b in _file_range(f, column):
             lo = a if lo is None else min(lo, a)
             hi = b if hi is None else max(hi, b)
     return None if lo is None or hi is None else (lo, hi)
 
 
-def _file_range(f: EventFile) -> Iterator[tuple[int, int]]:
+def _file_range(f: EventFile, column: str) -> Iterator[tuple[int, int]]:
     if f.is_parquet:
         with f.filesystem.open_input_file(f.path) as raw:
             pf = pq.ParquetFile(raw)
             names = pf.schema_arrow.names
-            if TS_COLUMN not in names:
+            if column not in names:
                 return
-            col = names.index(TS_COLUMN)
+            col = names.index(column)
             md = pf.metadata
             for g in range(md.num_row_groups):
                 st = md.row_group(g).column(col).statistics
@@ -61,7 +61,7 @@ def _file_range(f: EventFile) -> Iterator[tuple[int, int]]:
                         and st.min.tzinfo is not None:
                     yield to_us(st.min), to_us(st.max)
                 else:
-                    us = pc.cast(pc.cast(pf.read_row_group(g, columns=[TS_COLUMN])[TS_COLUMN],
+                    us = pc.cast(pc.cast(pf.read_row_group(g, columns=[column])[column],
                                          pa.timestamp("us", tz="UTC")), pa.int64())
                     mm = pc.min_max(us)
                     if mm["min"].is_valid:
@@ -70,7 +70,7 @@ def _file_range(f: EventFile) -> Iterator[tuple[int, int]]:
     with f.open_binary() as fh:
         for line in fh:
             try:
-                ts = parse_timestamp_us(json.loads(line).get(TS_COLUMN))
+                ts = parse_timestamp_us(json.loads(line).get(column))
             except (ValueError, AttributeError, UnicodeDecodeError):
                 continue
             if type(ts) is int:

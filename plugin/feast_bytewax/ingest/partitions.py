@@ -4,7 +4,8 @@
 (files, an S3 prefix, Kafka partitions) and does, per input partition, what Flink's
 watermark strategies do at the source:
 
-- **validate** each item (`ingest.validate`) into an `Event` or a `Rejected`;
+- **validate** each item into an `Event` or a `Rejected` (`ingest.validate`; a joined
+  table's partitions into `TableVersion`s, `ingest.tables`: they follow the same rules);
 - **frontier**: the newest valid event time read from this partition; every event carries it
   (`Event.part`, `Event.frontier`) and every batch ends with a `Mark` that the flow sends to
   every shard, so each shard combines all partitions' progress by the minimum
@@ -35,13 +36,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from feast_bytewax.features.schema import EventSchema
 from feast_bytewax.ingest.validate import validate_item
-from feast_bytewax.records import Event, Mark, Rejected, event_payload
+from feast_bytewax.records import Event, Mark, Rejected, TableVersion, event_payload
 from feast_bytewax.timeutil import utc_now_us
 
 ACTIVE, IDLE, DONE = "active", "idle", "done"
@@ -63,13 +64,58 @@ class PartitionPolicy:
     schema: EventSchema | None = None
 
 
+class Validator(Protocol):
+    """Raw items of a partition -> records (`Event`, `TableVersion`) or `Rejected`.
+
+    `holds_outliers`: whether a record far ahead of its partition's frontier is suspect (an
+    event clock) or normal (a slowly changing table's versions are days apart)."""
+
+    holds_outliers: bool
+
+    def validate(self, payload: Any, origin: str, now_us: int) -> Any: ...
+
+    def payload_of(self, record: Any) -> str: ...
+
+
+class EventValidator:
+    """The event stream's validator (`ingest.validate`), with the policy's rules."""
+
+    holds_outliers = True
+
+    def __init__(self, policy: PartitionPolicy) -> None:
+        self.max_future = policy.max_future
+        self.schema = policy.schema
+
+    def validate(self, payload: Any, origin: str, now_us: int) -> Event | Rejected:
+        return validate_item(payload, origin, now_us, self.max_future, self.schema)
+
+    def payload_of(self, record: Event) -> str:
+        return json.dumps(event_payload(record), default=str)
+
+
 class Pacer:
-    """Frontiers of this process's partitions of one source, to pause the ones far ahead."""
+    """Frontiers of this process's partitions of one source, to pause the ones far ahead.
+
+    Leading partitions (a joined table's finite files) are read first: the others wait
+    until every leading partition of this process is done, so the table's versions are all
+    known before the events that join them and never arrive late in a replay; a finished
+    partition no longer holds the watermark back, so the events' lateness is decided by the
+    event partitions alone, as without a join."""
 
     def __init__(self, max_skew: int) -> None:
         self.max_skew = max_skew
         self._frontiers: dict[int, int] = {}
+        self._leaders: set[int] = set()
         self._lock = threading.Lock()
+
+    def lead(self, part: int) -> None:
+        with self._lock:
+            self._leaders.add(part)
+
+    def done(self, part: int) -> None:
+        with self._lock:
+            self._leaders.discard(part)
+            self._frontiers.pop(part, None)
 
     def report(self, part: int, frontier: int | None, active: bool) -> None:
         with self._lock:
@@ -80,6 +126,8 @@ class Pacer:
 
     def ahead(self, part: int) -> bool:
         with self._lock:
+            if self._leaders:  # leading partitions read first, unpaced
+                return part not in self._leaders
             mine = self._frontiers.get(part)
             if mine is None or len(self._frontiers) < 2:
                 return False
@@ -88,14 +136,16 @@ class Pacer:
 
 class EventTimePartition(StatefulSourcePartition[Any, tuple]):
     def __init__(self, inner: StatefulSourcePartition, part: int, policy: PartitionPolicy,
-                 pacer: Pacer, resume: tuple | None, clock: Callable[[], int]) -> None:
+                 pacer: Pacer, resume: tuple | None, clock: Callable[[], int],
+                 validator: Validator | None = None) -> None:
         self._inner = inner
+        self._validator = validator or EventValidator(policy)
         self._part = part
         self._policy = policy
         self._pacer = pacer
         self._clock = clock
         self._frontier: int | None = None
-        self._held: list[Event] = []
+        self._held: list[Event | TableVersion] = []
         if resume is not None:
             self._frontier, self._held = resume[1], list(resume[2])
         self._state = ACTIVE
@@ -112,6 +162,9 @@ class EventTimePartition(StatefulSourcePartition[Any, tuple]):
         now = self._clock()
         if self._pacer.ahead(self._part):
             self._awake = datetime.now(UTC) + timedelta(seconds=PAUSE_S)
+            paused = getattr(self._inner, "paused", None)  # e.g. a Kafka partition's idle exit
+            if paused is not None:
+                paused()
             return []
         try:
             raw = self._inner.next_batch()
@@ -137,10 +190,12 @@ class EventTimePartition(StatefulSourcePartition[Any, tuple]):
     def _validate(self, raw: list, now: int) -> list[Any]:
         policy = self._policy
         out: list[Any] = []
-        part, frontier, ahead = self._part, self._frontier, policy.max_ahead
+        part, frontier = self._part, self._frontier
+        ahead = policy.max_ahead if self._validator.holds_outliers else float("inf")
+        validate = self._validator.validate
         for payload, origin in raw:
-            x = validate_item(payload, origin, now, policy.max_future, policy.schema)
-            if type(x) is not Event:
+            x = validate(payload, origin, now)
+            if type(x) is Rejected:
                 out.append(x)
                 continue
             t = x.event_timestamp
@@ -187,14 +242,14 @@ class EventTimePartition(StatefulSourcePartition[Any, tuple]):
         for e in self._held:
             ahead_s = (e.event_timestamp - (self._frontier or 0)) / 1e6
             out.append(Rejected(
-                json.dumps(event_payload(e), default=str),
+                self._validator.payload_of(e),
                 f"outlier_timestamp: {ahead_s:.0f} s ahead of its partition's event-time "
                 f"frontier (max ahead {self._policy.max_ahead / 1e6:.0f} s) and never "
                 "confirmed by later events", e.origin))
         self._held = []
         self._done = True
         self._state = DONE
-        self._pacer.report(self._part, self._frontier, False)
+        self._pacer.done(self._part)
         out.append(Mark(self._part, self._frontier, DONE))
         return out
 
@@ -219,7 +274,7 @@ class EventTimePartition(StatefulSourcePartition[Any, tuple]):
         return self._awake
 
     def snapshot(self) -> tuple:
-        return (self._inner.snapshot(), self._frontier, tuple(self._held))
+        return (self._inner.snapshot(), self._frontier, tuple(self._held), self._done)
 
     def close(self) -> None:
         self._inner.close()
@@ -231,11 +286,19 @@ class EventTimeSource(FixedPartitionedSource[Any, tuple]):
     :arg inner: a `FixedPartitionedSource` of ``(payload, origin)`` items.
     :arg policy: the event-time rules (`PartitionPolicy`).
     :arg clock: wall clock, epoch microseconds (validation's `max_future`, idle time).
+    :arg validator_for: a partition's name -> its `Validator` (default: every partition
+        carries events). A source with a `partition_order()` (`ingest.tables.InputSet`)
+        gives the partition indices in that order, else they are its sorted names.
+    :arg leading: names of the partitions read before the others (see `Pacer`).
     """
 
     def __init__(self, inner: FixedPartitionedSource, policy: PartitionPolicy,
-                 clock: Callable[[], int] = utc_now_us) -> None:
+                 clock: Callable[[], int] = utc_now_us,
+                 validator_for: Callable[[str], Validator] | None = None,
+                 leading: frozenset[str] = frozenset()) -> None:
         self.inner = inner
+        self.validator_for = validator_for
+        self.leading = leading
         self.policy = policy
         self.clock = clock
         self.pacer = Pacer(policy.max_skew)
@@ -247,12 +310,18 @@ class EventTimeSource(FixedPartitionedSource[Any, tuple]):
     def partitions(self) -> list[str]:
         """Every partition, in the order whose index `Event.part` / `Mark.part` carry."""
         if self._parts is None:
-            self._parts = sorted(self.inner.list_parts())
+            order = getattr(self.inner, "partition_order", None)
+            self._parts = list(order()) if order is not None else sorted(self.inner.list_parts())
         return self._parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple | None):
         inner = self.inner.build_part(step_id, for_part,
                                       None if resume_state is None else resume_state[0])
-        return EventTimePartition(inner, self.partitions().index(for_part), self.policy,
-                                  self.pacer, resume_state, self.clock)
+        validator = None if self.validator_for is None else self.validator_for(for_part)
+        index = self.partitions().index(for_part)
+        finished = resume_state is not None and len(resume_state) > 3 and resume_state[3]
+        if for_part in self.leading and not finished:
+            self.pacer.lead(index)
+        return EventTimePartition(inner, index, self.policy, self.pacer, resume_state,
+                                  self.clock, validator)
 

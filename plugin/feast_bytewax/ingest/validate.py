@@ -47,9 +47,11 @@ __all__ = [
     "FIELDS",
     "REASON_CODES",
     "EpochUs",
+    "column_value",
     "from_record",
     "parse_json",
     "parse_timestamp_us",
+    "reject",
     "validate_item",
 ]
 
@@ -110,7 +112,7 @@ def _as_text(payload: Any) -> str:
         return repr(payload)
 
 
-def _reject(payload: Any, reason: str, origin: str) -> Rejected:
+def reject(payload: Any, reason: str, origin: str) -> Rejected:
     """A rejection that keeps the payload: as text, and byte for byte when it was bytes."""
     if payload is None:
         return Rejected("", reason, origin, no_value=True)
@@ -231,7 +233,7 @@ def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
     return "bad_type: unclassified"  # pragma: no cover - fast path accepted it
 
 
-def _extra_value(name: str, kind: str, v: Any) -> tuple[Any, str | None]:
+def column_value(name: str, kind: str, v: Any) -> tuple[Any, str | None]:
     """(value, None) or (None, reason) for one declared extra column; null is allowed."""
     if v is None:
         return None, None
@@ -273,9 +275,9 @@ def _with_extra(ev: Event, rec: dict, extra: tuple[tuple[str, str], ...], payloa
     values: dict[str, Any] = {}
     get = rec.get
     for name, kind in extra:
-        value, reason = _extra_value(name, kind, get(name))
+        value, reason = column_value(name, kind, get(name))
         if reason is not None:
-            return _reject(payload, reason, origin)
+            return reject(payload, reason, origin)
         values[name] = value
     return Event(ev.event_id, ev.user_id, ev.event_type, ev.amount, ev.category,
                  ev.event_timestamp, origin, values)
@@ -299,7 +301,7 @@ def _validate_core(rec: dict, payload: Any, origin: str, now_us: int, max_future
         cat = rec.get("category")
         ts = rec["event_timestamp"]
     except KeyError:
-        return _reject(payload, _slow_reject(rec, now_us, max_future_us), origin)
+        return reject(payload, _slow_reject(rec, now_us, max_future_us), origin)
     te = type(eid)
     ta = type(amt)
     if (
@@ -338,7 +340,7 @@ def _validate_core(rec: dict, payload: Any, origin: str, now_us: int, max_future
             eid = int(eid)
         cat = cat if isinstance(cat, str) else ""
         return Event(eid, str(uid), str(et), float(amt), str(cat), us, origin)
-    return _reject(payload, reason, origin)
+    return reject(payload, reason, origin)
 
 
 def parse_json(
@@ -358,11 +360,11 @@ def parse_json(
         rec = _loads(payload)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
         msg = str(e) if len(str(e)) < 120 else str(e)[:117] + "..."
-        return _reject(payload, f"bad_json: {msg}", origin)
+        return reject(payload, f"bad_json: {msg}", origin)
     except TypeError as e:  # not bytes/str at all
-        return _reject(payload, f"bad_json: {e}", origin)
+        return reject(payload, f"bad_json: {e}", origin)
     if type(rec) is not dict:
-        return _reject(
+        return reject(
             payload, f"not_object: expected a JSON object, got {_type_name(rec)}", origin
         )
     return _validate(rec, payload, origin, now_us, max_future_us, _extra(schema))
@@ -381,7 +383,7 @@ def from_record(rec: dict, origin: str, now_us: int, max_future_us: int,
     scalars are accepted for ``event_id``. The `Rejected` payload is the record as JSON text.
     """
     if not isinstance(rec, dict):
-        return _reject(
+        return reject(
             rec, f"not_object: expected a record, got {_type_name(rec)}", origin
         )
     return _validate(rec, rec, origin, now_us, max_future_us, _extra(schema))

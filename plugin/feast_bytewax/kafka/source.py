@@ -117,6 +117,11 @@ class StopControl:
                 self.read += n
                 self.last_activity = self._clock()
 
+    def alive(self) -> None:
+        """A partition holds records back on purpose (paced): that is not idleness."""
+        with self._lock:
+            self.last_activity = self._clock()
+
     def request_stop(self, reason: str = "stop requested") -> None:
         with self._lock:
             if self.reason is None:
@@ -245,6 +250,11 @@ class EventPartition(StatefulSourcePartition[tuple[Any, str], int | None]):
 
     def next_awake(self) -> datetime | None:
         return self._awake
+
+    def paused(self) -> None:
+        """Called instead of `next_batch` while event-time pacing holds this partition back
+        (`ingest.partitions.Pacer`): its unread records are not idleness (`--idle-exit`)."""
+        self._stop.alive()
 
     def snapshot(self) -> int | None:
         return self._inner.snapshot()

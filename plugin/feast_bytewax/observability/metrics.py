@@ -27,6 +27,10 @@ ENTITY_COUNTERS = {
     "duplicates": "Events whose event_id the key already had within the lateness horizon",
     "corrections": "Rows re-emitted because a late-but-allowed event changed a value",
     "rows": "Feature rows emitted by an entity's feature step",
+    "versions": "Joined-table versions (e.g. profiles) read by an entity's feature step "
+                "(also counted as processed or late)",
+    "late_versions": "Joined-table versions too late to correct the events they should have "
+                     "enriched (also counted as late; dead letters of kind late_version)",
 }
 PROM_RUN = {name: Counter(PREFIX + name, doc) for name, doc in RUN_COUNTERS.items()}
 PROM_ENTITY = {name: Counter(PREFIX + name, doc, ["entity"])
@@ -68,6 +72,20 @@ FRESHNESS_P99 = Gauge(PREFIX + "freshness_p99_seconds",
 SLO_BREACHES = Counter(PREFIX + "freshness_slo_breaches",
                        "Times the freshness p99 went above the SLO (ok -> breach transitions)")
 SLO_BREACHED = Gauge(PREFIX + "freshness_slo_breached", "1 while the freshness p99 > SLO")
+
+# -- online lookups (dataflow.lookup) ------------------------------------------------------
+LOOKUP_FALLBACKS = Counter(PREFIX + "lookup_fallbacks",
+                           "Events given a lookup's fallback instead of a value read, by reason "
+                           "(miss, timeout, error, overloaded, no_key)", ["lookup", "reason"])
+LOOKUP_REQUESTS = Counter(PREFIX + "lookup_requests",
+                          "Read requests a lookup sent to the online store (each <= chunk keys)",
+                          ["lookup"])
+LOOKUP_CACHE_HITS = Counter(PREFIX + "lookup_cache_hits",
+                            "Events whose lookup key the cache answered (a value or a "
+                            "remembered miss) without a request", ["lookup"])
+LOOKUP_SECONDS = Histogram(PREFIX + "lookup_seconds",
+                           "Time of one lookup read request to the online store", ["lookup"],
+                           buckets=FRESHNESS_BUCKETS)
 
 
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:

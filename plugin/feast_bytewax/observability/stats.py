@@ -75,6 +75,10 @@ class FlowStats:
     def rows(self) -> int:
         return self._total("rows")
 
+    @property
+    def versions(self) -> int:
+        return self._total("versions")
+
     def as_dict(self) -> dict[str, int]:
         out = {"consumed": self.consumed, "processed": self.processed, "late": self.late,
                "rejected": self.rejected, "duplicates": self.duplicates,
@@ -99,6 +103,8 @@ class FlowStats:
                 f"rejected={d['rejected']} duplicates={d['duplicates']} "
                 f"corrections={d['corrections']} rows={d['rows']} "
                 f"pushed_offline={d['rows_offline']} pushed_online={d['rows_online']}")
+        if self.versions:
+            text += (f" versions={self.versions} late_versions={self._total('late_versions')}")
         if len(self.entities) <= 1:
             return text + (" [consumed = processed + late + rejected + duplicates: "
                            f"{verdict}]")

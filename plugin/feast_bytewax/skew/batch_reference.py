@@ -24,8 +24,9 @@ because DuckDB's `//` and `%` truncate toward zero.
 
 from __future__ import annotations
 
+import ast
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import duckdb
@@ -100,8 +101,101 @@ def _register_events(con: duckdb.DuckDBPyConnection, events: EventSource) -> str
     return "fb_raw_events"
 
 
+def _register(con: duckdb.DuckDBPyConnection, name: str, data: EventSource) -> str:
+    if isinstance(data, pd.DataFrame):
+        con.register(name, data)
+    else:
+        path = Path(data)
+        glob = str(path / "**" / "*.parquet") if path.is_dir() else str(data)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM "
+                    f"read_parquet({_lit(glob)}, union_by_name = true)")
+    return name
+
+
+def _enriched(con: duckdb.DuckDBPyConnection, spec: EngineSpec, raw: str,
+              tables: Mapping[str, EventSource], lookups: Mapping[str, EventSource]) -> str:
+    """The raw events with the joined, looked-up and derived columns the spec declares
+    (`features.enrich`), in SQL: a joined view's version as of the event time (ASOF JOIN:
+    latest timestamp <= event time), a looked-up value by the event's column (else its
+    fallback), derived columns from their expressions. A joined view without a table given
+    joins nothing (its columns are NULL), as a stream run without versions."""
+    enrich = spec.enrichment
+    head = con.sql(f"SELECT * FROM {raw} LIMIT 0")
+    have = set(head.columns)
+    selects, joins = ["e.*"], []
+    for i, j in enumerate(enrich.joins):
+        if j.view in tables:
+            name = _register(con, f"fb_table_{i}", tables[j.view])
+            ts = _epoch_us(con, name, j.timestamp_field)
+            cols = ", ".join(_q(c) for c, _ in j.columns)
+            joins.append(f"ASOF LEFT JOIN (SELECT CAST({_q(j.key)} AS VARCHAR) AS jk, {ts} "
+                         f"AS jts, {cols} FROM {name}) t{i} ON e.{_q(spec.join_key)} = t{i}.jk "
+                         f"AND t{i}.jts <= e.fb_ts")
+            selects += [f"t{i}.{_q(c)} AS {_q(c)}" for c, _ in j.columns]
+        else:
+            selects += [f"NULL AS {_q(c)}" for c, _ in j.columns]
+    for i, lk in enumerate(enrich.lookups):
+        fallback = "NULL" if lk.fallback is None else (
+            _lit(lk.fallback) if isinstance(lk.fallback, str) else repr(lk.fallback))
+        if lk.view in lookups and lk.key in have:
+            name = _register(con, f"fb_lookup_{i}", lookups[lk.view])
+            joins.append(f"LEFT JOIN (SELECT CAST({_q(lk.key)} AS VARCHAR) AS lk_key, "
+                         f"{_q(lk.feature)} AS lk_value FROM {name}) l{i} "
+                         f"ON CAST(e.{_q(lk.key)} AS VARCHAR) = l{i}.lk_key")
+            selects.append(f"coalesce(l{i}.lk_value, {fallback}) AS {_q(lk.column)}")
+        else:
+            selects.append(f"{fallback} AS {_q(lk.column)}")
+    sql = (f"SELECT {', '.join(selects)} FROM (SELECT *, {_epoch_us(con, raw, EVENT_TIME)} "
+           f"AS fb_ts FROM {raw}) e {' '.join(joins)}")
+    for d in enrich.derived:  # in order: each may read the ones before it
+        sql = f"SELECT *, ({expression_sql(d.expr)}) AS {_q(d.name)} FROM ({sql})"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW fb_enriched AS {sql}")
+    return "fb_enriched"
+
+
+def expression_sql(expr: str) -> str:
+    """A derive expression (`features.enrich` vocabulary) as SQL with the same meaning: a
+    NULL operand gives NULL, a division by zero gives NULL."""
+    return _sql(ast.parse(expr, mode="eval").body)
+
+
+_SQL_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Lt: "<", ast.LtE: "<=",
+            ast.Gt: ">", ast.GtE: ">=", ast.Eq: "=", ast.NotEq: "<>"}
+
+
+def _sql(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return _q(node.id)
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool):
+            return "TRUE" if node.value else "FALSE"
+        if isinstance(node.value, str):
+            return _lit(node.value)
+        return f"CAST({node.value!r} AS DOUBLE)"
+    if isinstance(node, ast.BinOp):
+        a, b = _sql(node.left), _sql(node.right)
+        if isinstance(node.op, ast.Div):
+            return f"(CAST({a} AS DOUBLE) / nullif(CAST({b} AS DOUBLE), 0))"
+        return f"(CAST({a} AS DOUBLE) {_SQL_OPS[type(node.op)]} CAST({b} AS DOUBLE))"
+    if isinstance(node, ast.Compare):
+        terms = [_sql(n) for n in (node.left, *node.comparators)]
+        return "(" + " AND ".join(f"{terms[i]} {_SQL_OPS[type(op)]} {terms[i + 1]}"
+                                  for i, op in enumerate(node.ops)) + ")"
+    if isinstance(node, ast.BoolOp):
+        # the stream's rule: any NULL operand gives NULL (SQL's `TRUE OR NULL` is TRUE)
+        parts = [_sql(n) for n in node.values]
+        joined = (" AND " if isinstance(node.op, ast.And) else " OR ").join(parts)
+        nulls = " OR ".join(f"{p} IS NULL" for p in parts)
+        return f"(CASE WHEN {nulls} THEN NULL ELSE ({joined}) END)"
+    if isinstance(node, ast.UnaryOp):
+        inner = _sql(node.operand)
+        return f"(NOT {inner})" if isinstance(node.op, ast.Not) else f"(-{inner})"
+    raise ValueError(f"{type(node).__name__} is not part of the expression vocabulary")
+
+
 def _load(con: duckdb.DuckDBPyConnection, spec: EngineSpec, events: EventSource,
-          points: pd.DataFrame) -> None:
+          points: pd.DataFrame, tables: Mapping[str, EventSource] | None = None,
+          lookups: Mapping[str, EventSource] | None = None) -> None:
     """Materialise `fb_events` (key, ts, used columns) and `fb_points` (rid, key, ts).
 
     Only the columns the features read or filter on are kept; float NaN becomes NULL, i.e.
@@ -109,6 +203,8 @@ def _load(con: duckdb.DuckDBPyConnection, spec: EngineSpec, events: EventSource,
     """
     key = spec.join_key
     raw = _register_events(con, events)
+    if spec.enrichment.joins or spec.enrichment.lookups or spec.enrichment.derived:
+        raw = _enriched(con, spec, raw, tables or {}, lookups or {})
     head = con.sql(f"SELECT * FROM {raw} LIMIT 0")
     types = dict(zip(head.columns, map(str, head.types), strict=True))
     used = sorted({f.column for f in spec.features}
@@ -117,6 +213,7 @@ def _load(con: duckdb.DuckDBPyConnection, spec: EngineSpec, events: EventSource,
     if clash:
         raise ValueError(f"event columns {sorted(clash)} clash with batch_reference's own names")
     cols = [f"nullif({_q(c)}, 'NaN'::DOUBLE) AS {_q(c)}" if types[c] in ("DOUBLE", "FLOAT")
+            else f"CAST({_q(c)} AS VARCHAR) AS {_q(c)}" if types[c] == "BOOLEAN"
             else _q(c) for c in used]
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE fb_events AS SELECT {_q(key)} AS k, "
@@ -183,7 +280,9 @@ def _session_sql(where: tuple, gap: int, features: list[FeatureSpec]) -> str:
 
 
 def batch_features(spec: EngineSpec, events: EventSource, points: pd.DataFrame,
-                   con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
+                   con: duckdb.DuckDBPyConnection | None = None,
+                   tables: Mapping[str, EventSource] | None = None,
+                   lookups: Mapping[str, EventSource] | None = None) -> pd.DataFrame:
     """Value of every feature of `spec` as of each query point.
 
     `events`: the raw log (DataFrame, or parquet file / folder / glob) with the join key,
@@ -191,11 +290,13 @@ def batch_features(spec: EngineSpec, events: EventSource, points: pd.DataFrame,
     `points`: DataFrame with the join key and `ts` (epoch us int or timestamp).
     Returns one row per point, in input order: join key, `ts` (epoch us), one column per
     feature in `spec.features` order. Uses `con` when given (temp objects `fb_*`).
+    `tables`: joined view -> its versions (join key, timestamp field, features); `lookups`:
+    looked-up view -> the values to use (join key, feature), see `_enriched`.
     """
     own = con is None
     con = duckdb.connect() if con is None else con
     try:
-        _load(con, spec, events, points)
+        _load(con, spec, events, points, tables, lookups)
         joins, alias = [], {}
         for i, ((kind, where, gap), feats) in enumerate(_groups(spec.features).items()):
             if kind == "sliding":
@@ -213,7 +314,10 @@ def batch_features(spec: EngineSpec, events: EventSource, points: pd.DataFrame,
                f"FROM fb_points p {' '.join(joins)} ORDER BY p.rid")
         return con.sql(sql).df()
     finally:
-        for name in ("fb_raw_events", "fb_raw_points"):  # registered frames or a temp view
+        names = ["fb_enriched", "fb_raw_events", "fb_raw_points"]
+        names += [f"fb_table_{i}" for i in range(len(spec.enrichment.joins))]
+        names += [f"fb_lookup_{i}" for i in range(len(spec.enrichment.lookups))]
+        for name in names:  # registered frames or temp views
             con.execute(f"DROP VIEW IF EXISTS {name}")
         con.execute("DROP TABLE IF EXISTS fb_events; DROP TABLE IF EXISTS fb_points")
         if own:
