@@ -33,12 +33,29 @@ under the local provider ~12.6k/s CPU (Feast's arrow -> proto conversion now dom
 with `FastRedisProvider` ~88k/s CPU (~22k/s wall; Redis itself ~0.11 s per flush).
 
 Config (`online_store:` in feature_store.yaml), every field of Feast's `redis` store plus the
-type:
+type and a socket timeout:
 
     provider: feast_bytewax.stores.fast_redis.FastRedisProvider   # optional: columnar path
     online_store:
       type: feast_bytewax.stores.fast_redis.FastRedisOnlineStore
       connection_string: ${FEAST_REDIS}
+      # socket_timeout_s: 5.0   # the default; the connection string's socket_timeout= wins
+
+**A Redis that does not answer fails a write within `socket_timeout_s`.** The store's
+(sync) redis-py client is built with `socket_timeout` and `socket_connect_timeout` =
+`socket_timeout_s` (default 5 s) unless the connection string sets its own
+(`host:port,socket_timeout=2,socket_connect_timeout=2`), and with no retries of redis-py's
+own (redis-py 7 otherwise retries every command 3 times with up to 2 + 4 + 8 s of backoff):
+the feast-bytewax sink retries with its own backoff (`dataflow.retry.StoreRetry`), so one
+of its attempts is one try against Redis (a cluster client still re-reads the topology after
+a node fails, before it raises: the next attempt goes to the new master). A frozen Redis
+(SIGSTOP, a partition without a reset) is reported -- incident line,
+`feast_bytewax_store_stalled`, the freshness alert -- about 5 s after it froze, a Redis that
+is down (connection refused) at once, and `--store-outage-limit` overshoots by at most one
+timeout. Without a timeout such a write would block forever, silently. The one slow reply a
+write waits for is one script call of `CHUNK_ROWS` rows (milliseconds), so 5 s leaves a wide
+margin on a busy server; reads (`online_read`, `get_online_features`) use the same client
+and timeout, `feast serve`'s async client is Feast's own.
 
 Limitations: needs Lua scripting on the server (`EVALSHA`; Redis >= 2.6, as in every common
 managed Redis). On `redis_type: redis_cluster` each script call carries one row (one key,
@@ -71,7 +88,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from redis.exceptions import NoScriptError
 
-from feast_bytewax.stores._compat import redis_client, redis_field_hash
+from feast_bytewax.stores._compat import RedisClientDefaults, no_retries, redis_field_hash
 from feast_bytewax.stores.redis_encoding import (
     encode_column,
     entity_key_bytes,
@@ -138,16 +155,20 @@ return written
 CHUNK_ROWS = 500
 
 
+DEFAULT_SOCKET_TIMEOUT_S = 5.0
+
+
 class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
-    """Feast's Redis online store config, plus a write timeout."""
+    """Feast's Redis online store config, plus a socket timeout."""
 
     type: Literal["feast_bytewax.stores.fast_redis.FastRedisOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
     """Online store type selector (the class path)."""
 
-    socket_timeout_s: float = 10.0
-    """Socket and connect timeout of the client unless the connection string sets its own
-    (`socket_timeout=`, `socket_connect_timeout=`): a paused Redis makes a write fail after
-    this long (and be retried, see `dataflow.retry`) instead of blocking forever."""
+    socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT_S
+    """Socket and connect timeout (seconds) of the client unless the connection string sets
+    its own (`socket_timeout=`, `socket_connect_timeout=`): a frozen Redis makes a write fail
+    after this long (and be retried, see `dataflow.retry`) instead of blocking forever.
+    null (or 0): none, redis-py's default (block)."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,8 +176,9 @@ class FastRedisOnlineStoreConfig(RedisOnlineStoreConfig):
 # ----------------------------------------------------------------------------------------
 
 
-class FastRedisOnlineStore(RedisOnlineStore):
-    """`RedisOnlineStore` with pipelined, server-side-deduplicated writes (same format)."""
+class FastRedisOnlineStore(RedisClientDefaults, RedisOnlineStore):
+    """`RedisOnlineStore` with pipelined, server-side-deduplicated writes (same format), over
+    a client with socket timeouts and no redis-py retries (see the module docstring)."""
 
     _script_sha: str | None = None
     _field_cache: dict[str, bytes]
@@ -167,14 +189,14 @@ class FastRedisOnlineStore(RedisOnlineStore):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _client_with_timeouts(self, cfg: RedisOnlineStoreConfig) -> Any:
-        client = redis_client(self, cfg)
-        timeout = getattr(cfg, "socket_timeout_s", None)
-        pool = getattr(client, "connection_pool", None)
-        if timeout and pool is not None:
-            pool.connection_kwargs.setdefault("socket_timeout", timeout)
-            pool.connection_kwargs.setdefault("socket_connect_timeout", timeout)
-        return client
+    def client_defaults(self, config: RedisOnlineStoreConfig) -> dict[str, Any]:
+        """What the redis-py client gets unless the connection string says otherwise: one try
+        per command (StoreRetry retries) and `socket_timeout_s` to connect and per reply."""
+        out: dict[str, Any] = {"retry": no_retries()}
+        timeout = getattr(config, "socket_timeout_s", DEFAULT_SOCKET_TIMEOUT_S)
+        if timeout:
+            out["socket_timeout"] = out["socket_connect_timeout"] = float(timeout)
+        return out
 
     def _fields(self, view_name: str, features: Sequence[str]) -> tuple[bytes, ...]:
         """Hash field names `mmh3("<view>:<feature>")`, cached."""
@@ -205,7 +227,7 @@ class FastRedisOnlineStore(RedisOnlineStore):
         n = len(keys)
         if not n:
             return 0
-        client = self._client_with_timeouts(cfg)
+        client = self._get_client(cfg)
         head = (f"_ts:{view_name}".encode(), b"0" if cfg.skip_dedup else b"1",
                 cfg.key_ttl_seconds or 0)
         per_row_fields = isinstance(fields, list)
