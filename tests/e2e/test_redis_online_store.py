@@ -39,7 +39,11 @@ def values_for(spec, i: int, b: int) -> tuple:
         "failed_logins_10m": (i + b) % 3,
         "distinct_categories_session": None if i % 11 == 0 else i % 5 + b,
     }
-    return tuple(by_name[n] for n in spec.feature_names)
+    def other(dtype: str):  # features added later to the repo: a value of their type
+        return (i + b) % 4 if dtype.startswith("int") else [(i + b) / 8, None, -1.5][i % 3]
+
+    return tuple(by_name[f.name] if f.name in by_name else other(f.dtype)
+                 for f in spec.features)
 
 
 def row(spec, i: int, minute: float, b: int) -> FeatureRow:
@@ -122,7 +126,8 @@ def test_every_write_path_produces_feasts_exact_bytes(repo, redis_clean, extra):
         dumps[name], ttls[name] = dump(client), has_ttl(client)
     stock = dumps["stock"]
     assert len(stock) == 61  # user_000..059 and user_070
-    assert all(len(fields) == 3 + 5 for fields in stock.values())  # 3 _ts + 5 features
+    spec = load_spec(store)  # one _ts per view + one field per feature
+    assert all(len(fields) == len(spec.views) + len(spec.features) for fields in stock.values())
     for name in ("plugin", "plugin+provider"):
         assert dumps[name].keys() == stock.keys(), name
         for key, fields in stock.items():
@@ -214,7 +219,7 @@ def test_online_write_frame_is_columnar_for_the_sink(repo, redis_clean, monkeypa
     writer = FeastWriter(store, spec, offline=False)
     writer.write([row(spec, i, 1, 1) for i in range(20)])
     writer.flush()
-    assert writer.stats()["rows_online"] == 20 * 3
+    assert writer.stats()["rows_online"] == 20 * len(spec.views)
     got = pd.DataFrame(store.get_online_features(
         features=store.get_feature_service(SERVICE),
         entity_rows=[{"user_id": f"user_{i:03d}"} for i in range(20)]).to_dict())
