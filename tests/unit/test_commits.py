@@ -14,14 +14,9 @@ import pyarrow.fs as pafs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.stores.commits import (
-    COMMITS,
-    FolderTransaction,
-    new_run_id,
-    read_committed,
-    writer_id,
-)
+from feast_bytewax.stores.commits import FolderTransaction, read_committed
 from feast_bytewax.stores.compaction import compact
+from feast_bytewax.stores.folder_names import COMMITS, new_run_id, writer_id
 
 FS = pafs.LocalFileSystem()
 
@@ -117,11 +112,13 @@ def test_rollback_deletes_what_came_after_the_snapshot_and_temp_debris(tmp_path)
     w.write(table([("a", 2, 2)]))
     w.checkpoint()  # a commit Bytewax never made durable (the crash came before)
     (tmp_path / "src" / f".part-{w.writer}-s00000009.parquet.tmp").write_bytes(b"half")
+    (tmp_path / "src" / COMMITS / f".{w.writer}-s00000009.json.tmp").write_bytes(b"{")
     FolderTransaction.resume(state, filesystem=FS, folder=folder, mode="live",
                              keys=("user_id",), ts="event_timestamp")
     names = sorted(p.name for p in (tmp_path / "src").iterdir())
     assert names == [COMMITS, f"part-{w.writer}-s00000000.parquet"]
-    assert len(list((tmp_path / "src" / COMMITS).iterdir())) == 1
+    commits = sorted(p.name for p in (tmp_path / "src" / COMMITS).iterdir())
+    assert commits == [f".{w.writer}.lock", f"{w.writer}-s00000001.json"]  # w is alive
     assert read(folder) == {("a", 1): 1}
 
 

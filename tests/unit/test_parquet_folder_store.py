@@ -16,7 +16,7 @@ from feast import FeatureStore
 from feast.repo_config import RepoConfig
 
 from feast_bytewax.stores import parquet_folder
-from feast_bytewax.stores.commits import (
+from feast_bytewax.stores.folder_names import (
     OUR_MARKER,
     OUR_PART,
     marker_name,

@@ -39,7 +39,7 @@ from feast_bytewax.features.spec import EngineSpec, load_spec
 from feast_bytewax.observability.freshness import StallMonitor
 from feast_bytewax.observability.stats import FlowStats
 from feast_bytewax.records import FeatureRow
-from feast_bytewax.stores.commits import new_run_id, writer_id
+from feast_bytewax.stores.folder_names import new_run_id, writer_id
 
 
 class FeastSinkPartition(StatefulSinkPartition[FeatureRow, dict]):

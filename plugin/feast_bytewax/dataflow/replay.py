@@ -44,7 +44,7 @@ from feast_bytewax.features.spec import FlowSpec, load_flow_spec
 from feast_bytewax.ingest.files import EventFileSource, resolve_event_files
 from feast_bytewax.ingest.inventory import event_time_range, input_identity
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.stores.commits import new_run_id
+from feast_bytewax.stores.folder_names import new_run_id
 from feast_bytewax.timeutil import from_us, to_us
 
 

@@ -49,7 +49,7 @@ from feast_bytewax.observability.metrics import PUSH_SECONDS
 from feast_bytewax.observability.stats import FlowStats
 from feast_bytewax.records import FeatureRow
 from feast_bytewax.stores._compat import provider_of
-from feast_bytewax.stores.commits import new_run_id, writer_id
+from feast_bytewax.stores.folder_names import new_run_id, writer_id
 from feast_bytewax.stores.parquet_folder import ParquetFolderOfflineStoreConfig, open_transaction
 from feast_bytewax.stores.parquet_parts import conform_table
 

@@ -23,17 +23,41 @@ atomically after its parts. So:
 A commit marker is JSON: ``{"v", "run", "writer", "seq", "kind": "commit"|"stage",
 "parts": [...], "replace": [lo_us, hi_us] | null, "keys": [...], "ts": column,
 "time_ns", "started_ns"}``. Commit order is ``time_ns`` (then the marker name).
+
+**Leftovers of dead writers** (local folders). A writer killed mid-write leaves a hidden temp
+(``.part-<writer>-s<seq>.parquet.tmp``, ``_commits/.<writer>-s<seq>.json.tmp``), and one
+killed before its first snapshot leaves parts no marker lists, under a name no restart uses
+again (it gets a new writer id). Readers never see either; they are collected, under a rule
+that never touches a live writer's files, whatever its age (one stalled by a full disk may
+hold a written part for minutes before its commit):
+
+- a writer is *alive* while it holds its lock, ``_commits/.<writer>.lock``: it takes it
+  (an exclusive ``flock``) before it writes its first file, and keeps it until it has
+  finished (then deletes it) or its process ends. The operating system drops the lock when
+  the process dies, SIGKILL included, so a lock file nobody holds is a dead writer's: a
+  writer is *dead* when its lock can be taken.
+- every `FolderTransaction` that opens a folder (and `stores.compaction.compact`) collects
+  the dead writers it finds: it takes each one's lock, deletes its temp files and its parts
+  that none of its markers lists, then the lock file. Its markers, and the parts they list
+  (staged ones too: a resumed replay still commits them), are never touched; a writer
+  resumed later keeps its name and takes a new lock (its own rollback is not needed for
+  what was collected, and finds nothing missing that a marker lists).
+- a writer without a lock file (written before this rule, or on object storage, where
+  writes are single PUTs that leave no temp files and there are no locks) is never
+  collected: nothing can prove it dead. Neither are other files.
+
+A resumed writer (`FolderTransaction.resume`) rolls back its own files from after its
+snapshot, temp files of parts and markers included. (Locks and collection:
+`stores.writer_locks`.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
+import logging
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -42,33 +66,21 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-COMMITS = "_commits"
-OUR_PART = re.compile(r"^part-(?P<writer>r[0-9A-Za-z-]+)-s(?P<seq>\d{8})\.parquet$")
-OUR_MARKER = re.compile(r"^(?P<writer>r[0-9A-Za-z-]+)-s(?P<seq>\d{8})\.json$")
+from feast_bytewax.stores import writer_locks
+from feast_bytewax.stores.folder_names import (
+    COMMITS,
+    OUR_MARKER,
+    OUR_PART,
+    OUR_TEMP,
+    marker_name,
+    part_name,
+)
+
+log = logging.getLogger(__name__)
+
 ORDER = "__fb_commit_order"
 FORMAT = 1
 COMMIT, STAGE, CHECKPOINT = "commit", "stage", "checkpoint"
-
-
-def new_run_id(digest: str | None = None) -> str:
-    """`r<UTC time>-<hex>`: a fresh run, or (digest) one every process of a run agrees on."""
-    if digest is not None:
-        return f"r0-{digest[:12]}"
-    return f"r{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-
-
-def writer_id(run: str, partition: str) -> str:
-    """`<run>-<nonce>-<partition>`: the nonce keeps two executions of one run (a replay run
-    again) from ever writing the same file names."""
-    return f"{run}-{uuid.uuid4().hex[:8]}-{partition}"
-
-
-def part_name(writer: str, seq: int) -> str:
-    return f"part-{writer}-s{seq:08d}.parquet"
-
-
-def marker_name(writer: str, seq: int) -> str:
-    return f"{writer}-s{seq:08d}.json"
 
 
 def _is_local(filesystem: pafs.FileSystem) -> bool:
@@ -148,6 +160,29 @@ class FolderTransaction:
     pending: list[str] = field(default_factory=list)
     done: bool = False
     started_ns: int = field(default_factory=time.time_ns)
+    _lock: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Opening collects dead writers' leftovers (local folders); the writer's own lock
+        is taken before it writes anything (`_hold`)."""
+        if writer_locks.is_lockable(self.filesystem):
+            writer_locks.collect_quietly(self.filesystem, self.folder)
+
+    def _hold(self) -> None:
+        """Hold the writer lock before writing a file (tried again at the next write if it
+        failed: a writer without its lock is never collected, so that is safe)."""
+        if self._lock is None and not self.done and writer_locks.is_lockable(self.filesystem):
+            try:
+                self._lock = writer_locks.WriterLock(self.filesystem, self.folder, self.writer)
+            except OSError as e:
+                log.warning("%s: writer %s has no lock (%s): if it dies, its leftovers stay",
+                            self.folder, self.writer, e)
+
+    def release(self) -> None:
+        """Drop the writer lock and delete its file (when finished: nothing to collect)."""
+        if self._lock is not None:
+            self._lock.release(forget=True)
+            self._lock = None
 
     @property
     def run(self) -> str:
@@ -157,12 +192,14 @@ class FolderTransaction:
         """Write the next part (not visible until committed). Idempotent under retries: a
         failed attempt is rewritten under the same name."""
         name = part_name(self.writer, self.seq)
+        self._hold()
         write_part_file(self.filesystem, self.folder, name, table)
         self.pending.append(name)
         self.seq += 1
         return name
 
     def _marker(self, kind: str, parts: list[str], replace: tuple[int, int] | None) -> None:
+        self._hold()
         write_marker(self.filesystem, self.folder, {
             "v": FORMAT, "run": self.run, "writer": self.writer, "seq": self.seq,
             "kind": kind, "parts": parts, "replace": list(replace) if replace else None,
@@ -190,6 +227,7 @@ class FolderTransaction:
             self.staged += self.pending
             self.pending = []
         self.done = True
+        self.release()
 
     def state(self) -> dict:
         return {"writer": self.writer, "seq": self.seq, "staged": list(self.staged),
@@ -197,17 +235,23 @@ class FolderTransaction:
 
     def rollback_after(self, seq: int) -> None:
         """Delete this writer's parts and markers from after a snapshot (they are produced
-        again by the resumed run), and its temp files."""
+        again by the resumed run), and its temp files (of parts and of markers)."""
         for info in _children(self.filesystem, self.folder):
             m = OUR_PART.match(info.base_name)
-            stale_temp = (info.base_name.startswith(f".part-{self.writer}-")
-                          and info.base_name.endswith(".tmp"))
-            if stale_temp or (m and m["writer"] == self.writer and int(m["seq"]) >= seq):
-                self.filesystem.delete_file(info.path)
+            t = OUR_TEMP.match(info.base_name)
+            if ((t and t["writer"] == self.writer)
+                    or (m and m["writer"] == self.writer and int(m["seq"]) >= seq)):
+                self._delete(info.path)
         for info in _children(self.filesystem, f"{self.folder}/{COMMITS}"):
             m = OUR_MARKER.match(info.base_name)
-            if m and m["writer"] == self.writer and int(m["seq"]) > seq:
-                self.filesystem.delete_file(info.path)
+            t = OUR_TEMP.match(info.base_name)
+            if ((t and t["writer"] == self.writer)
+                    or (m and m["writer"] == self.writer and int(m["seq"]) > seq)):
+                self._delete(info.path)
+
+    def _delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):  # a collector was first
+            self.filesystem.delete_file(path)
 
     @classmethod
     def resume(cls, state: dict, **kw: Any) -> FolderTransaction:

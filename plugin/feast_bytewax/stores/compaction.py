@@ -11,6 +11,9 @@ are and win over the checkpoint, which takes the place of the newest commit it a
 staged (unfinished) replays are never touched. Files are deleted one compaction later (what
 an earlier checkpoint absorbed), so a reader that listed the folder just before never finds
 a file gone. Idempotent: with nothing new to absorb it does nothing.
+
+A compaction first collects dead writers' leftovers (`stores.writer_locks`) and holds a
+writer lock of its own while it writes: a compaction killed midway is collected in turn.
 """
 
 from __future__ import annotations
@@ -23,18 +26,21 @@ import pyarrow.fs as pafs
 from feast_bytewax.stores.commits import (
     CHECKPOINT,
     COMMIT,
-    COMMITS,
     FORMAT,
-    OUR_PART,
-    marker_name,
-    new_run_id,
-    part_name,
     read_committed,
     read_markers,
     write_marker,
     write_part_file,
+)
+from feast_bytewax.stores.folder_names import (
+    COMMITS,
+    OUR_PART,
+    marker_name,
+    new_run_id,
+    part_name,
     writer_id,
 )
+from feast_bytewax.stores.writer_locks import WriterLock, collect_dead_writers, is_lockable
 
 ROWS_PER_PART = 1_000_000
 
@@ -46,13 +52,14 @@ class CompactResult:
     rows: int = 0
     parts_written: int = 0
     files_deleted: int = 0
+    leftovers_deleted: int = 0  # of dead writers: temp files, never-committed parts
 
 
 def compact(filesystem: pafs.FileSystem, folder: str, data_files: list[str], ts: str,
             keys: list[str], grace_s: float = 60.0,
             rows_per_part: int = ROWS_PER_PART) -> CompactResult:
     """Rewrite the folder's visible rows as a checkpoint (see the module docstring)."""
-    result = CompactResult()
+    result = CompactResult(leftovers_deleted=collect_dead_writers(filesystem, folder))
     markers = read_markers(filesystem, folder)
     before = {name for m in markers if m["kind"] == CHECKPOINT for name in m["absorbs"]}
     cut = time.time_ns() - int(grace_s * 1e9)
@@ -72,6 +79,7 @@ def compact(filesystem: pafs.FileSystem, folder: str, data_files: list[str], ts:
                            markers=[m for m in markers if marker_name(m["writer"], m["seq"])
                                     in taken])
     writer = writer_id(new_run_id(), "compact")
+    lock = WriterLock(filesystem, folder, writer) if is_lockable(filesystem) else None
     names = []
     if table is not None:
         for seq, start in enumerate(range(0, table.num_rows, rows_per_part)):
@@ -87,6 +95,8 @@ def compact(filesystem: pafs.FileSystem, folder: str, data_files: list[str], ts:
         "time_ns": newest["time_ns"] if newest else time.time_ns(), "started_ns": 0,
         "absorbs": sorted(taken | {p.rsplit("/", 1)[-1] for p in foreign}),
     })
+    if lock is not None:
+        lock.release(forget=True)
     result.absorbed_commits, result.absorbed_files = len(take), len(foreign)
     result.parts_written = len(names)
     return result

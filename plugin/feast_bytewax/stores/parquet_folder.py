@@ -67,13 +67,9 @@ from feast.repo_config import RepoConfig
 
 from feast_bytewax.ingest.filesystems import filesystem_for_uri, is_uri
 from feast_bytewax.stores._compat import with_reader
-from feast_bytewax.stores.commits import (
-    FolderTransaction,
-    new_run_id,
-    read_committed,
-    writer_id,
-)
+from feast_bytewax.stores.commits import FolderTransaction, read_committed
 from feast_bytewax.stores.compaction import CompactResult, compact
+from feast_bytewax.stores.folder_names import new_run_id, writer_id
 from feast_bytewax.stores.parquet_parts import (
     PARQUET_SUFFIXES,
     TIMESTAMP_TYPE,
