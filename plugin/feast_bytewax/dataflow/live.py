@@ -53,7 +53,7 @@ from feast_bytewax.observability.freshness import FreshnessRecorder, StallMonito
 from feast_bytewax.observability.metrics import serve_metrics
 from feast_bytewax.observability.slo import FreshnessSLO
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.stores.commits import new_run_id
+from feast_bytewax.stores.folder_names import new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
     if cfg.dead_letter_topic:
         for t in {cfg.dead_letter_topic, cfg.late_topic or cfg.dead_letter_topic}:
             check_topic(brokers, t, options)
-        dead = KafkaDeadLetterSink(brokers, cfg.dead_letter_topic, cfg.late_topic, options)
+        dead = KafkaDeadLetterSink(brokers, cfg.dead_letter_topic, cfg.late_topic, options,
+                                   recovery=cfg.recovery_dir)
         where = f"kafka://{','.join(brokers)}/{cfg.dead_letter_topic}"
         if cfg.late_topic:
             where += f" (late: {cfg.late_topic})"
