@@ -195,6 +195,10 @@ class LiveConfig(FlowConfig):
     idle_exit: float | None = Field(None, gt=0, description="stop after this long without a "
                                                            "record, s")
     stop_at_end: bool = Field(False, description="stop when every partition reaches its end")
+    online_rows: Literal["exact", "provisional"] = Field(
+        "exact", description="online values: exact (after the watermark delay, as offline) or "
+                             "provisional (every event at once; the exact rows still go "
+                             "offline, the difference is measured)")
     profiles_topic: str | None = Field(
         None, description="Kafka topic of the joined view's versions (key = its join key, "
                           "same brokers), or VIEW=TOPIC,... for several joined views")

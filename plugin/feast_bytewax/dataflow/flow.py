@@ -184,6 +184,7 @@ def build_flow(
     emit_from: int | None = None,
     tables: Mapping[str, Any] | None = None,
     lookup: Callable[[], Callable[[list], list]] | None = None,
+    provisional: bool = False,
 ) -> Dataflow:
     """Wire the feature pipeline of every entity in `spec` over `source` (raw
     ``(payload, origin)`` items; validated per partition by `ingest.partitions`).
@@ -197,6 +198,8 @@ def build_flow(
     a source of its raw versions (``(payload, origin)`` items); their rows reach
     `feature_sink(TableSpec)` (a factory) or the shared sink. `lookup`: a factory of the
     batch function that enriches events by online lookups (one per worker thread).
+    `provisional`: every shard also emits the leading engine's rows (`engine.provisional`),
+    for a sink that writes them online only.
     """
     flow_spec = spec if isinstance(spec, FlowSpec) else FlowSpec((spec,))
     stats.declare(e.join_key for e in flow_spec.entities)
@@ -226,7 +229,7 @@ def build_flow(
         name = entity.join_key
         keyed = op.flat_map_batch(f"route_{name}", valid, _router(entity, shards, stats))
         step = FeatureStepConfig(entity, engine_config(cfg, partitions, emit_from), stats,
-                                 lifecycle, cfg.new_features)
+                                 lifecycle, cfg.new_features, provisional)
         out = op.stateful_batch(f"features_{name}", keyed, step.build)
         rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
         if isinstance(feature_sink, Sink):

@@ -155,6 +155,8 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
                               "--profiles-topic, not both")
         tables[view] = files.source(cfg.batch_size, None)
 
+    provisional = cfg.online_rows == "provisional"
+
     def sink_for(spec_of):
         table = isinstance(spec_of, TableSpec)  # versions: not counted as fresh feature rows
         return FeastSink(repo, spec_of, run=run, mode="live", lifecycle=lifecycle,
@@ -162,7 +164,8 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
                          max_rows=cfg.flush_rows, max_interval=cfg.flush_interval,
                          online=cfg.online, offline=cfg.offline,
                          stats=None if table else stats,
-                         on_flush=None if table else recorder.rows_readable)
+                         on_flush=None if table else recorder.rows_readable,
+                         provisional=provisional and not table)
 
     if cfg.dead_letter_topic:
         for t in {cfg.dead_letter_topic, cfg.late_topic or cfg.dead_letter_topic}:
@@ -180,7 +183,7 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
     lookups = lookups_for(cfg, spec, repo)
     flow = build_flow("live", cfg, spec, source, sink_for, dead, stats, live=True,
                       observe=recorder.observe_batch, lifecycle=lifecycle, tables=tables,
-                      lookup=lookups)
+                      lookup=lookups, provisional=provisional)
     return flow, LiveParts(source, stop, recorder, slo, where, cfg, lookups)
 
 

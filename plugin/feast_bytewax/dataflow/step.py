@@ -3,6 +3,11 @@ with `snapshot()`, as Bytewax's own windowing operators are laid out.
 
 The engine needs no timer of Bytewax's: its watermark moves only with what arrives (events
 and partition marks, in order), so `on_batch` and `on_eof` are the whole interface.
+
+With `provisional` (live runs, ``--online-rows provisional``) a shard also runs the leading
+engine of `engine.provisional` over the same batches: its rows (cause ``provisional``) go
+online at once, the exact engine's go offline. Only the exact engine is snapshotted; the
+leading one is rebuilt from it at every build.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.runtime import fatal_stop
+from feast_bytewax.engine.provisional import ProvisionalRows
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.stats import FlowStats
@@ -29,6 +35,7 @@ class FeatureStepConfig:
     stats: FlowStats | None = None
     lifecycle: RunLifecycle | None = None
     new_features: str = "refuse"
+    provisional: bool = False
 
     def build(self, resume_state: bytes | None) -> ShardLogic:
         engine = ShardEngine(self.spec, self.engine, resume_state)
@@ -42,15 +49,18 @@ class FeatureStepConfig:
                 "`feast-bytewax replay --start <restart - that> --end <now>` of the archive "
                 "rewrites their past rows), or start with an empty --recovery-dir after "
                 "replaying the archive", self.stats)
-        return ShardLogic(engine, self.stats, self.spec.join_key, self.lifecycle)
+        return ShardLogic(engine, self.stats, self.spec.join_key, self.lifecycle,
+                          ProvisionalRows(engine) if self.provisional else None)
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
     """Feeds a shard's batch to its engine and reports counter deltas."""
 
     def __init__(self, engine: ShardEngine, stats: FlowStats | None, entity: str,
-                 lifecycle: RunLifecycle | None = None) -> None:
+                 lifecycle: RunLifecycle | None = None,
+                 provisional: ProvisionalRows | None = None) -> None:
         self.engine = engine
+        self.provisional = provisional
         self.stats = stats
         self.entity = entity
         self.lifecycle = lifecycle
@@ -65,11 +75,16 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_batch(self, values: list[Event | Mark]) -> tuple[list, bool]:
-        return self._report(self.engine.ingest(values))
+        out = self.engine.ingest(values)
+        if self.provisional is not None:
+            out += self.provisional.ingest(values)
+        return self._report(out)
 
     def on_eof(self) -> tuple[list, bool]:
         """The input really ended (not an abort): the sinks may commit for good."""
         out = self.engine.finish()
+        if self.provisional is not None:
+            out += self.provisional.finish()
         if self.lifecycle is not None:
             self.lifecycle.finished(self.engine.watermark())
         return self._report(out)

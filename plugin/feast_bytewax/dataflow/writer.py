@@ -34,6 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from feast_bytewax.dataflow.divergence import Divergence
 from feast_bytewax.dataflow.frames import (
     feature_names,
     latest_per_key,
@@ -43,6 +44,7 @@ from feast_bytewax.dataflow.frames import (
     view_target,
 )
 from feast_bytewax.dataflow.retry import StoreRetry
+from feast_bytewax.engine.provisional import PROVISIONAL
 from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.metrics import PUSH_SECONDS
@@ -80,6 +82,9 @@ class FeastWriter:
         stats: the run's counters (rows written offline / online).
         on_flush: called after every successful flush with the rows it made readable, in
             flush order (the live run measures freshness with it).
+        provisional: the rows come from two engines (`engine.provisional`): those with
+            cause ``provisional`` go online only, the others (exact) offline only, and the
+            two are compared (`observability.divergence`).
 
     The feature views (`spec.views`, else every stream view on `spec.push_source`) are resolved
     once, here. Not thread-safe: one writer per partition/thread.
@@ -103,10 +108,12 @@ class FeastWriter:
         clock: Callable[[], float] = time.monotonic,
         stats: FlowStats | None = None,
         on_flush: Callable[[list[FeatureRow]], None] | None = None,
+        provisional: bool = False,
     ) -> None:
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
         self.run_stats = stats
+        self.divergence = Divergence(spec.join_key) if provisional else None
         self.on_flush = on_flush
         self.store = store
         self.spec = spec
@@ -179,8 +186,13 @@ class FeastWriter:
         started = time.perf_counter()
         rows = self._buffer
         oldest = min(r.event_timestamp for r in rows)
-        df = rows_to_frame(rows, self.spec)
-        for target in self._offline_targets:
+        online_rows = offline_rows = rows
+        if self.divergence is not None:
+            self.divergence.observe(rows)
+            online_rows = [r for r in rows if r.cause == PROVISIONAL]
+            offline_rows = [r for r in rows if r.cause != PROVISIONAL]
+        df = rows_to_frame(offline_rows, self.spec)
+        for target in self._offline_targets if offline_rows else ():
             frame = df.loc[:, list(target.columns)].rename(columns=target.renames)
             table = pa.Table.from_pandas(frame, preserve_index=False)
             txn = self.txns.get(target.view.batch_source.name)
@@ -192,7 +204,9 @@ class FeastWriter:
                                 self._provider.ingest_df_to_offline_store(v, t), oldest, self)
             self.rows_offline += table.num_rows
         latest_keys = 0
-        if self._online_targets:
+        if self._online_targets and online_rows:
+            if online_rows is not offline_rows:
+                df = rows_to_frame(online_rows, self.spec)
             latest = latest_per_key(df, self.spec.join_key)
             latest_keys = len(latest)
             for target in self._online_targets:
@@ -207,10 +221,10 @@ class FeastWriter:
         self.flush_seconds_total += elapsed
         PUSH_SECONDS.observe(elapsed)
         if self.run_stats is not None:
-            self.run_stats.add(rows_offline=len(rows) if self._offline_targets else 0,
+            self.run_stats.add(rows_offline=len(offline_rows) if self._offline_targets else 0,
                                rows_online=latest_keys)
         if self.on_flush is not None:
-            self.on_flush(rows)
+            self.on_flush(online_rows if self._online_targets else rows)
         return len(rows)
 
     def _online_write(self, view: Any, frame: Any) -> None:
@@ -250,6 +264,8 @@ class FeastWriter:
             for txn in self.txns.values():
                 self.retry.call("offline", lambda x=txn: x.finish(replace), None, self)
         self._closed = True
+        if self.divergence is not None:
+            log.info("%s: %s", self.spec.join_key, self.divergence.summary())
 
 
 def resolve_views(store: Any, spec: EngineSpec | TableSpec) -> list:

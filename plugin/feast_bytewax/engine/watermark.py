@@ -71,6 +71,12 @@ class PartitionWatermarks:
             self.wm = w
         return self.wm
 
+    def retarget(self, delay: int) -> int | None:
+        """Use `delay` from now on (a provisional engine restored from an exact one's
+        marks); returns the watermark, recombined (it never moves back)."""
+        self.delay = delay
+        return self._combine()
+
     def end(self) -> int | None:
         """The final watermark of a finite input: the newest event time of any partition."""
         known = [f for f in self.frontier if f is not None]

@@ -88,6 +88,18 @@ LOOKUP_SECONDS = Histogram(PREFIX + "lookup_seconds",
                            buckets=FRESHNESS_BUCKETS)
 
 
+# -- provisional online rows (engine.provisional, dataflow.divergence) ---------------------
+ONLINE_COMPARED = Counter(PREFIX + "online_compared",
+                          "Exact-row intervals compared with the provisional online value",
+                          ["entity"])
+ONLINE_DIVERGENT = Counter(PREFIX + "online_divergent",
+                           "Exact-row intervals over which the provisional online value "
+                           "differed from the exact one", ["entity"])
+ONLINE_DIVERGENT_SECONDS = Counter(PREFIX + "online_divergent_seconds",
+                                   "Event-time seconds the provisional online value differed "
+                                   "from the exact one", ["entity"])
+
+
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
     """Expose the Prometheus metrics on http://host:port/metrics (daemon thread)."""
     start_http_server(port, addr=host)
