@@ -88,6 +88,7 @@ LOOKUP_SECONDS = Histogram(PREFIX + "lookup_seconds",
                            buckets=FRESHNESS_BUCKETS)
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Expose the Prometheus metrics on http://host:port/metrics (daemon thread)."""
+def serve_metrics(port: int, host: str) -> None:
+    """Expose the Prometheus metrics on http://host:port/metrics (daemon thread). No default
+    host here: `LiveConfig.metrics_host` is the one place it is written."""
     start_http_server(port, addr=host)

@@ -1,0 +1,187 @@
+"""Observability (issue 11, item 4): freshness buckets, the metrics bind address, the SLO
+alert read from the histogram, state-size gauges, and the deploy/ dashboard and alert rules
+naming only metrics the registry defines."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from click.testing import CliRunner
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from feast_bytewax.cli.main import cli
+from feast_bytewax.config import LiveConfig, load
+from feast_bytewax.dataflow.live import start_metrics, watch_slo
+from feast_bytewax.observability.freshness import FreshnessRecorder
+from feast_bytewax.observability.metrics import (
+    FRESHNESS_ARRIVAL_SECONDS,
+    FRESHNESS_BUCKETS,
+    FRESHNESS_SECONDS,
+)
+from feast_bytewax.observability.slo import FreshnessSLO
+from feast_bytewax.records import FeatureRow
+
+
+class Clock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def private_histogram() -> Histogram:
+    return Histogram("obs_fresh", "t", buckets=FRESHNESS_BUCKETS, registry=CollectorRegistry())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- (a) buckets ---------------------------------------------------------------------------
+
+
+def bucket_of(h: Histogram, value: float) -> float:
+    """The upper bound of the bucket one observation lands in."""
+    before = {s.labels["le"]: s.value for s in h.collect()[0].samples if s.name.endswith("_bucket")}
+    h.observe(value)
+    after = {s.labels["le"]: s.value for s in h.collect()[0].samples if s.name.endswith("_bucket")}
+    return min(float(le) for le in after if after[le] > before[le])
+
+
+def test_freshness_buckets_resolve_10ms_to_10s():
+    b = FRESHNESS_BUCKETS
+    assert list(b) == sorted(set(b))
+    assert b[0] == 0.01 and 10.0 in b
+    inside = [x for x in b if 0.01 <= x <= 10.0]
+    assert len(inside) >= 12
+    # No step wider than 2.5x from 10 ms to 10 s: a quantile read there is within a bucket
+    # that narrow, whatever the run's freshness.
+    assert max(hi / lo for lo, hi in itertools.pairwise(inside)) <= 2.5
+    # The issue's targets (p50 100 ms, p99 250 ms) and common SLOs are bucket bounds, so an
+    # alert at them compares whole buckets, not an interpolation.
+    assert {0.1, 0.25, 0.5, 1.0, 5.0} <= set(b)
+    for h in (FRESHNESS_SECONDS, FRESHNESS_ARRIVAL_SECONDS):
+        les = {s.labels["le"] for s in h.collect()[0].samples if s.name.endswith("_bucket")}
+        assert {float(x) for x in les} == {*b, math.inf}
+
+
+def test_freshness_buckets_tell_10ms_from_20ms_and_5s_from_10s():
+    h = private_histogram()
+    assert bucket_of(h, 0.009) == 0.01
+    assert bucket_of(h, 0.02) == 0.025
+    assert bucket_of(h, 0.2) == 0.25
+    assert bucket_of(h, 4.0) == 5.0
+    assert bucket_of(h, 9.0) == 10.0
+    assert bucket_of(h, 11.0) > 10.0
+
+
+# -- (b) metrics bind address --------------------------------------------------------------
+
+
+def test_metrics_host_defaults_to_all_addresses_and_reads_the_environment(monkeypatch):
+    assert LiveConfig().metrics_host == "0.0.0.0"
+    monkeypatch.setenv("FEAST_BYTEWAX_METRICS_HOST", "127.0.0.1")
+    assert load(LiveConfig).metrics_host == "127.0.0.1"
+    help_text = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "--metrics-host" in help_text
+
+
+def get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+def test_metrics_bound_to_127_0_0_1_listen_there_only():
+    """Linux routes all of 127/8 to lo: a server bound to 127.0.0.1 answers there and refuses
+    127.0.0.2, one bound to 0.0.0.0 answers both, so this tells the two apart."""
+    port = free_port()
+    start_metrics(LiveConfig(metrics_port=port, metrics_host="127.0.0.1"))
+    status, body = get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and "feast_bytewax_freshness_seconds_bucket" in body
+    with pytest.raises(urllib.error.URLError):
+        get(f"http://127.0.0.2:{port}/metrics")
+    # The control: the default address does answer on 127.0.0.2.
+    other = free_port()
+    start_metrics(LiveConfig(metrics_port=other))
+    assert get(f"http://127.0.0.2:{other}/metrics")[0] == 200
+
+
+# -- (c) the SLO alert is the histogram's quantile -----------------------------------------
+
+
+def prometheus_quantile(q: float, text: str, name: str) -> float | None:
+    """`histogram_quantile` as Prometheus evaluates it (promql/quantile.go), over the
+    exposition text: written apart from `observability.slo` so the two can disagree."""
+    buckets = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name + "_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+    buckets.sort()
+    total = buckets[-1][1]
+    if total == 0:
+        return None
+    rank = q * total
+    i = next(i for i, (_, c) in enumerate(buckets) if c >= rank)
+    if i == len(buckets) - 1:
+        return buckets[-2][0]
+    start, below = (0.0, 0.0) if i == 0 else buckets[i - 1]
+    end, count = buckets[i]
+    return start + (end - start) * (rank - below) / (count - below)
+
+
+@pytest.mark.parametrize("values", [
+    [0.02] * 990 + [3.0] * 10,
+    [0.04] * 500 + [0.3] * 480 + [7.0] * 20,
+    [0.012, 0.013, 0.2, 0.2, 0.9, 1.2, 2.0, 6.0, 8.0, 9.5],
+    [30.0] * 5,
+])
+def test_slo_quantile_is_prometheus_histogram_quantile_of_the_same_histogram(values):
+    registry = CollectorRegistry()
+    h = Histogram("obs_q", "t", buckets=FRESHNESS_BUCKETS, registry=registry)
+    slo = FreshnessSLO(0.25, histogram=h, clock=Clock())
+    for v in values:
+        h.observe(v)
+    breached = slo.check()
+    expected = prometheus_quantile(0.99, generate_latest(registry).decode(), "obs_q")
+    assert slo.last_p99 == pytest.approx(expected)
+    assert breached == (expected > 0.25)  # the alert rule's own comparison
+
+
+def test_the_default_slo_reads_the_histogram_the_sink_observes():
+    """What the recorder observes for the sink's flushes is what the alert judges (and the
+    freshness_p99 gauge shows): one histogram, no second copy of the samples."""
+    c = Clock()
+    slo = FreshnessSLO(1.0, clock=c)  # baseline: earlier samples of this process excluded
+    rec = FreshnessRecorder()
+    now = 2_000_000_000_000_000
+    rows = [FeatureRow(f"k{i}", now - 3_000_000, (1,), "event") for i in range(50)]
+    rec.rows_readable(rows, now_us=now)  # 50 rows, 3 s old each
+    assert slo.check() and 2.5 < slo.last_p99 <= 5.0 and slo.last_count == 50
+    c.t = 61.0  # a minute later the window holds only fresh rows
+    rec.rows_readable([FeatureRow("k0", now, (2,), "event")], now_us=now + 10_000)
+    assert not slo.check() and slo.last_p99 <= 0.01
+
+
+def test_watch_slo_evaluates_the_alert_without_run_lives_ticker():
+    """`dataflows/live.py` runs under Bytewax's runner: only `watch_slo` checks its SLO."""
+    h = private_histogram()
+    slo = FreshnessSLO(1.0, histogram=h)
+    assert watch_slo(None) is None
+    thread = watch_slo(slo, every_s=0.02)
+    assert thread is not None and thread.daemon
+    h.observe(4.0)
+    deadline = time.monotonic() + 5
+    while not slo.breached and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert slo.breached and slo.breaches == 1
