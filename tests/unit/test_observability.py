@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 import socket
+import sqlite3
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 
 import pytest
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+from bytewax.testing import TestingSink, TestingSource
 from click.testing import CliRunner
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from feast_bytewax.cli.main import cli
-from feast_bytewax.config import LiveConfig, load
+from feast_bytewax.config import FlowConfig, LiveConfig, load
+from feast_bytewax.dataflow.flow import build_flow
 from feast_bytewax.dataflow.live import start_metrics, watch_slo
 from feast_bytewax.observability.freshness import FreshnessRecorder
 from feast_bytewax.observability.metrics import (
@@ -26,7 +33,10 @@ from feast_bytewax.observability.metrics import (
     FRESHNESS_SECONDS,
 )
 from feast_bytewax.observability.slo import FreshnessSLO
+from feast_bytewax.observability.state import STATE, StateGauges
+from feast_bytewax.observability.stats import FlowStats
 from feast_bytewax.records import FeatureRow
+from tests.flows.test_bytewax_flow import SPEC, make_stream
 
 
 class Clock:
@@ -185,3 +195,64 @@ def test_watch_slo_evaluates_the_alert_without_run_lives_ticker():
     while not slo.breached and time.monotonic() < deadline:
         time.sleep(0.02)
     assert slo.breached and slo.breaches == 1
+
+
+# -- (d) state size ------------------------------------------------------------------------
+
+
+def private_gauges() -> tuple[StateGauges, CollectorRegistry]:
+    r = CollectorRegistry()
+    g = {n: Gauge(n, n, ["entity"], registry=r)
+         for n in ("keys", "buffered", "snap", "per_key")}
+    return StateGauges(active_keys=g["keys"], buffered=g["buffered"],
+                       snapshot_bytes=g["snap"], bytes_per_key=g["per_key"]), r
+
+
+def test_state_gauges_sum_the_shards_of_an_entity_and_a_new_flow_starts_at_zero():
+    gauges, registry = private_gauges()
+    a, b, other = gauges.slot("user_id"), gauges.slot("user_id"), gauges.slot("merchant_id")
+    gauges.update(a, keys=10, buffered=3, snapshot_bytes=1000)
+    gauges.update(b, keys=30, buffered=1, snapshot_bytes=3000)
+    gauges.update(other, keys=2, buffered=0)
+    gauges.update(a, keys=12, buffered=0)  # between snapshots: keys move, bytes stay
+    assert gauges.totals("user_id") == {"keys": 42, "buffered": 1, "snapshot_bytes": 4000,
+                                        "bytes_per_key": 100.0}  # 4000 B over the 40 keys held
+    assert registry.get_sample_value("snap", {"entity": "user_id"}) == 4000
+    assert registry.get_sample_value("per_key", {"entity": "user_id"}) == 100.0
+    assert registry.get_sample_value("keys", {"entity": "merchant_id"}) == 2
+    assert gauges.totals("merchant_id")["bytes_per_key"] == 0.0  # no snapshot yet
+    gauges.reset(["user_id"])
+    gauges.update(a, keys=99, buffered=9, snapshot_bytes=9)  # a logic of the earlier flow
+    fresh = gauges.slot("user_id")
+    gauges.update(fresh, keys=5, buffered=0, snapshot_bytes=500)
+    assert gauges.totals("user_id") == {"keys": 5, "buffered": 0, "snapshot_bytes": 500,
+                                        "bytes_per_key": 100.0}
+    assert registry.get_sample_value("keys", {"entity": "merchant_id"}) == 0
+
+
+def test_state_gauges_after_a_snapshot_are_the_bytes_bytewax_stored(tmp_path):
+    """A small flow under recovery: the snapshot gauge equals the bytes of the last snapshot
+    of every shard in Bytewax's recovery store, and active keys are the users seen."""
+    arrived, payloads, _ = make_stream(1, 400, 6, late_share=0.0)
+    init_db_dir(tmp_path, 1)
+    rows, dead = [], []
+    flow = build_flow("obs", FlowConfig(shards=4, watermark_delay=5), SPEC,
+                      TestingSource(payloads, batch_size=13), TestingSink(rows),
+                      TestingSink(dead), FlowStats())
+    cli_main(flow, epoch_interval=timedelta(seconds=0),
+             recovery_config=RecoveryConfig(str(tmp_path)))
+    stored: dict[str, tuple[int, bytes]] = {}
+    for part in tmp_path.glob("*.sqlite3"):
+        with sqlite3.connect(part) as db:
+            for key, epoch, blob in db.execute(
+                    "SELECT state_key, snap_epoch, ser_change FROM snaps "
+                    "WHERE step_id = 'obs.features_user_id'"):
+                if key not in stored or epoch > stored[key][0]:
+                    stored[key] = (epoch, blob)
+    assert len(stored) == 4  # one per shard
+    snapshot_bytes = sum(len(pickle.loads(blob)) for _, blob in stored.values())
+    totals = STATE.totals("user_id")
+    assert totals["snapshot_bytes"] == snapshot_bytes > 0
+    assert totals["keys"] == len({e["user_id"] for e in arrived}) == 6
+    assert totals["bytes_per_key"] == pytest.approx(snapshot_bytes / 6)
+    assert totals["buffered"] == 0  # the input ended: everything released
