@@ -51,8 +51,19 @@ class Clock:
         return self.t
 
 
+def unique(prefix: str) -> str:
+    """A metric name never used before in this process: once `feast` is imported it sets
+    PROMETHEUS_MULTIPROC_DIR, and prometheus_client then keeps values per (name, pid) in
+    files, so a new registry's metric of a used name starts with the old one's counts."""
+    return f"{prefix}_{next(NAMES)}"
+
+
+NAMES = itertools.count()
+
+
 def private_histogram() -> Histogram:
-    return Histogram("obs_fresh", "t", buckets=FRESHNESS_BUCKETS, registry=CollectorRegistry())
+    return Histogram(unique("obs_fresh"), "t", buckets=FRESHNESS_BUCKETS,
+                     registry=CollectorRegistry())
 
 
 def free_port() -> int:
@@ -162,12 +173,13 @@ def prometheus_quantile(q: float, text: str, name: str) -> float | None:
 ])
 def test_slo_quantile_is_prometheus_histogram_quantile_of_the_same_histogram(values):
     registry = CollectorRegistry()
-    h = Histogram("obs_q", "t", buckets=FRESHNESS_BUCKETS, registry=registry)
+    name = unique("obs_q")
+    h = Histogram(name, "t", buckets=FRESHNESS_BUCKETS, registry=registry)
     slo = FreshnessSLO(0.25, histogram=h, clock=Clock())
     for v in values:
         h.observe(v)
     breached = slo.check()
-    expected = prometheus_quantile(0.99, generate_latest(registry).decode(), "obs_q")
+    expected = prometheus_quantile(0.99, generate_latest(registry).decode(), name)
     assert slo.last_p99 == pytest.approx(expected)
     assert breached == (expected > 0.25)  # the alert rule's own comparison
 
@@ -204,16 +216,21 @@ def test_watch_slo_evaluates_the_alert_without_run_lives_ticker():
 # -- (d) state size ------------------------------------------------------------------------
 
 
-def private_gauges() -> tuple[StateGauges, CollectorRegistry]:
+def shown(gauge: Gauge, entity: str) -> float:
+    """What the gauge exposes for `entity` (as a scrape reads it)."""
+    return next(s.value for s in gauge.collect()[0].samples if s.labels["entity"] == entity)
+
+
+def private_gauges() -> tuple[StateGauges, dict[str, Gauge]]:
     r = CollectorRegistry()
-    g = {n: Gauge(n, n, ["entity"], registry=r)
+    g = {n: Gauge(unique(n), n, ["entity"], registry=r)
          for n in ("keys", "buffered", "snap", "per_key")}
     return StateGauges(active_keys=g["keys"], buffered=g["buffered"],
-                       snapshot_bytes=g["snap"], bytes_per_key=g["per_key"]), r
+                       snapshot_bytes=g["snap"], bytes_per_key=g["per_key"]), g
 
 
 def test_state_gauges_sum_the_shards_of_an_entity_and_a_new_flow_starts_at_zero():
-    gauges, registry = private_gauges()
+    gauges, g = private_gauges()
     a, b, other = gauges.slot("user_id"), gauges.slot("user_id"), gauges.slot("merchant_id")
     gauges.update(a, keys=10, buffered=3, snapshot_bytes=1000)
     gauges.update(b, keys=30, buffered=1, snapshot_bytes=3000)
@@ -221,9 +238,9 @@ def test_state_gauges_sum_the_shards_of_an_entity_and_a_new_flow_starts_at_zero(
     gauges.update(a, keys=12, buffered=0)  # between snapshots: keys move, bytes stay
     assert gauges.totals("user_id") == {"keys": 42, "buffered": 1, "snapshot_bytes": 4000,
                                         "bytes_per_key": 100.0}  # 4000 B over the 40 keys held
-    assert registry.get_sample_value("snap", {"entity": "user_id"}) == 4000
-    assert registry.get_sample_value("per_key", {"entity": "user_id"}) == 100.0
-    assert registry.get_sample_value("keys", {"entity": "merchant_id"}) == 2
+    assert shown(g["snap"], "user_id") == 4000
+    assert shown(g["per_key"], "user_id") == 100.0
+    assert shown(g["keys"], "merchant_id") == 2
     assert gauges.totals("merchant_id")["bytes_per_key"] == 0.0  # no snapshot yet
     gauges.reset(["user_id"])
     gauges.update(a, keys=99, buffered=9, snapshot_bytes=9)  # a logic of the earlier flow
@@ -231,7 +248,7 @@ def test_state_gauges_sum_the_shards_of_an_entity_and_a_new_flow_starts_at_zero(
     gauges.update(fresh, keys=5, buffered=0, snapshot_bytes=500)
     assert gauges.totals("user_id") == {"keys": 5, "buffered": 0, "snapshot_bytes": 500,
                                         "bytes_per_key": 100.0}
-    assert registry.get_sample_value("keys", {"entity": "merchant_id"}) == 0
+    assert shown(g["keys"], "merchant_id") == 0
 
 
 def test_state_gauges_after_a_snapshot_are_the_bytes_bytewax_stored(tmp_path):
