@@ -26,20 +26,21 @@ required when the repo declares its event stream (a `KafkaSource` with brokers a
 - ``FEAST_BYTEWAX_KAFKA_OPT_<NAME>``: librdkafka settings, NAME upper-case with dots as
   underscores (``FEAST_BYTEWAX_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL``,
   ``FEAST_BYTEWAX_KAFKA_OPT_SASL_PASSWORD=...``)
-- ``FEAST_BYTEWAX_METRICS_PORT``: Prometheus port (one per process)
+- ``FEAST_BYTEWAX_METRICS_PORT``: Prometheus port (one per process), bound to
+  ``FEAST_BYTEWAX_METRICS_HOST`` (default ``0.0.0.0``; ``127.0.0.1``: this host only)
 - ``FEAST_BYTEWAX_FRESHNESS_SLO``: seconds; p99 freshness over a minute above it (or rows
-  waiting longer than it) is logged as an alert and counted
+  waiting longer than it) is logged as an alert and counted (checked every 0.25 s on a
+  daemon thread, as `feast-bytewax run` does)
 - ``FEAST_BYTEWAX_MAX_EVENTS``, ``FEAST_BYTEWAX_IDLE_EXIT`` (seconds),
   ``FEAST_BYTEWAX_STOP_AT_END=1``: stop conditions (per process)
 """
 
 from feast_bytewax.config import LiveConfig, load
-from feast_bytewax.dataflow.live import build_live_flow
-from feast_bytewax.observability.metrics import serve_metrics
+from feast_bytewax.dataflow.live import build_live_flow, start_metrics, watch_slo
 from feast_bytewax.observability.stats import FlowStats
 
 cfg = load(LiveConfig)
 stats = FlowStats()
 flow, parts = build_live_flow(cfg, stats)
-if parts.cfg.metrics_port:
-    serve_metrics(parts.cfg.metrics_port)
+start_metrics(parts.cfg)
+watch_slo(parts.slo)

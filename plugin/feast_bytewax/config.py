@@ -187,6 +187,10 @@ class LiveConfig(FlowConfig):
                                                      "the dead-letter topic)")
     metrics_port: int | None = Field(None, ge=1, le=65535,
                                      description="serve Prometheus metrics on this port")
+    metrics_host: str = Field("0.0.0.0", min_length=1,
+                              description="address the metrics server binds (127.0.0.1: "
+                                          "this host only, for a sidecar or a tunnel; :: for "
+                                          "IPv6)")
     freshness_slo: float | None = Field(None, gt=0, description="alert when the p99 freshness "
                                                                 "over a minute exceeds this, s")
     epoch_interval: float = Field(2.0, gt=0,

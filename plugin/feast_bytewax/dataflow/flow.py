@@ -34,6 +34,7 @@ from feast_bytewax.features.spec import EngineSpec, FlowSpec
 from feast_bytewax.ingest.files import EventFileSource
 from feast_bytewax.ingest.partitions import EventTimeSource, EventValidator, PartitionPolicy
 from feast_bytewax.ingest.tables import InputSet, TableValidator
+from feast_bytewax.observability.state import STATE
 from feast_bytewax.observability.stats import FlowStats
 from feast_bytewax.records import FeatureRow, Mark, Rejected, TableVersion, column_getter
 from feast_bytewax.timeutil import US_PER_S, utc_now_us
@@ -203,6 +204,7 @@ def build_flow(
     """
     flow_spec = spec if isinstance(spec, FlowSpec) else FlowSpec((spec,))
     stats.declare(e.join_key for e in flow_spec.entities)
+    STATE.reset(e.join_key for e in flow_spec.entities)  # the gauges describe this flow
     shards = cfg.shards
     tables = dict(tables or {})
     timed = _timed_source(source, tables, flow_spec, partition_policy(cfg, flow_spec, live))

@@ -16,14 +16,15 @@ Stopping (SIGTERM or Ctrl-C):
 - with `--recovery-dir`: the run aborts at once and a restart resumes state and offsets from
   the last snapshot (at most `--epoch-interval` old) and replays what followed it.
 
-Metrics (``--metrics-port``): everything in `observability.metrics` plus Bytewax's own
-``bytewax_kafka_consumer_lag``.
+Metrics (``--metrics-port``, bound to ``--metrics-host``): everything in
+`observability.metrics` plus Bytewax's own ``bytewax_kafka_consumer_lag``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -187,15 +188,40 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
     return flow, LiveParts(source, stop, recorder, slo, where, cfg, lookups)
 
 
+def start_metrics(cfg: LiveConfig) -> None:
+    """Serve the metrics when a port is set, on the configured address: 0.0.0.0 (the
+    default) lets Prometheus scrape the pod; 127.0.0.1 keeps them to a sidecar or a tunnel.
+    Shared by `run_live` and `dataflows/live.py`, so both runners bind the same way."""
+    if cfg.metrics_port:
+        serve_metrics(cfg.metrics_port, cfg.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
+
+
+def watch_slo(slo: FreshnessSLO | None, every_s: float = 0.25) -> threading.Thread | None:
+    """Check the SLO every `every_s` on a daemon thread for the rest of the process: what
+    `run_live`'s ticker does, for `dataflows/live.py`, where Bytewax's runner owns the main
+    thread and nothing else would ever evaluate the alert."""
+    if slo is None:
+        return None
+    thread = threading.Thread(target=lambda: _check_forever(slo, every_s),
+                              name="feast-bytewax-slo", daemon=True)
+    thread.start()
+    return thread
+
+
+def _check_forever(slo: FreshnessSLO, every_s: float) -> None:
+    while True:
+        time.sleep(every_s)
+        slo.check()
+
+
 def run_live(cfg: LiveConfig, on_progress: Callable[[FlowStats, LiveParts], None] | None = None,
              handle_signals: bool = False, spec: FlowSpec | None = None) -> LiveResult:
     """Build and run the live flow in this process until a stop condition; return counters."""
     stats = FlowStats()
     flow, parts = build_live_flow(cfg, stats, spec)
     cfg = parts.cfg
-    if cfg.metrics_port:
-        serve_metrics(cfg.metrics_port)
-        log.info("metrics on http://0.0.0.0:%d/metrics", cfg.metrics_port)
+    start_metrics(cfg)
     recovery = None
     if cfg.recovery_dir is not None:
         ensure_recovery_dir(cfg.recovery_dir)

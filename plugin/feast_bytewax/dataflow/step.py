@@ -4,14 +4,20 @@ with `snapshot()`, as Bytewax's own windowing operators are laid out.
 The engine needs no timer of Bytewax's: its watermark moves only with what arrives (events
 and partition marks, in order), so `on_batch` and `on_eof` are the whole interface.
 
-With `provisional` (live runs, ``--online-rows provisional``) a shard also runs the leading
+With `provisional` (live runs, ``--online-rows provisional``) a shard also runs the provisional
 engine of `engine.provisional` over the same batches: its rows (cause ``provisional``) go
 online at once, the exact engine's go offline. Only the exact engine is snapshotted; the
-leading one is rebuilt from it at every build.
+provisional one is rebuilt from it at every build.
+
+Each logic reports its state size (keys, buffered events, snapshot bytes) to the process's
+`observability.state.STATE`, which sums the shards of an entity into the gauges: at most
+every `GAUGE_INTERVAL_S` from `on_batch` (the hot path pays a clock read) and at every
+snapshot, where the snapshot's size is known.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +28,11 @@ from feast_bytewax.dataflow.runtime import fatal_stop
 from feast_bytewax.engine.provisional import ProvisionalRows
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.features.spec import EngineSpec
+from feast_bytewax.observability.state import STATE, StateGauges
 from feast_bytewax.observability.stats import FlowStats
 from feast_bytewax.records import Event, FeatureRow, Late, Mark
+
+GAUGE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,8 @@ class FeatureStepConfig:
                 "rewrites their past rows), or start with an empty --recovery-dir after "
                 "replaying the archive", self.stats)
         return ShardLogic(engine, self.stats, self.spec.join_key, self.lifecycle,
-                          ProvisionalRows(engine) if self.provisional else None)
+                          ProvisionalRows(engine) if self.provisional else None,
+                          restored_bytes=None if resume_state is None else len(resume_state))
 
 
 class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
@@ -58,13 +68,22 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
 
     def __init__(self, engine: ShardEngine, stats: FlowStats | None, entity: str,
                  lifecycle: RunLifecycle | None = None,
-                 provisional: ProvisionalRows | None = None) -> None:
+                 provisional: ProvisionalRows | None = None, *,
+                 gauges: StateGauges = STATE, restored_bytes: int | None = None) -> None:
         self.engine = engine
         self.provisional = provisional
         self.stats = stats
         self.entity = entity
         self.lifecycle = lifecycle
         self._seen = dict(engine.counts)
+        self._gauges = gauges
+        self._slot = gauges.slot(entity)
+        self._sizes(restored_bytes)  # a restored shard starts with its snapshot's size
+
+    def _sizes(self, snapshot_bytes: int | None = None) -> None:
+        self._gauges_due = time.monotonic() + GAUGE_INTERVAL_S
+        self._gauges.update(self._slot, keys=self.engine.state_size(),
+                            buffered=len(self.engine.buffer), snapshot_bytes=snapshot_bytes)
 
     def _report(self, out: list[FeatureRow | Late]) -> tuple[list, bool]:
         if self.stats is not None:
@@ -78,6 +97,8 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
         out = self.engine.ingest(values)
         if self.provisional is not None:
             out += self.provisional.ingest(values)
+        if time.monotonic() >= self._gauges_due:
+            self._sizes()
         return self._report(out)
 
     def on_eof(self) -> tuple[list, bool]:
@@ -87,7 +108,10 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
             out += self.provisional.finish()
         if self.lifecycle is not None:
             self.lifecycle.finished(self.engine.watermark())
+        self._sizes()
         return self._report(out)
 
     def snapshot(self) -> bytes:
-        return self.engine.snapshot()
+        blob = self.engine.snapshot()
+        self._sizes(len(blob))
+        return blob

@@ -49,7 +49,16 @@ FRESHNESS_ARRIVAL_SECONDS = Histogram(
     "(rows caused by an event; sampled)",
     buckets=FRESHNESS_BUCKETS,
 )
-BUFFERED = Gauge(PREFIX + "buffered_events", "Events waiting for the watermark")
+
+# -- state size (dataflow.step via observability.state: sums over this process's shards) ---
+BUFFERED = Gauge(PREFIX + "buffered_events", "Events waiting for the watermark", ["entity"])
+ACTIVE_KEYS = Gauge(PREFIX + "active_keys", "Entity keys with state in this process",
+                    ["entity"])
+SNAPSHOT_BYTES = Gauge(PREFIX + "snapshot_bytes",
+                       "Bytes of the last recovery snapshot of this process's shards",
+                       ["entity"])
+STATE_BYTES_PER_KEY = Gauge(PREFIX + "state_bytes_per_key",
+                            "Last recovery snapshot bytes / the keys it held", ["entity"])
 
 # -- stores that wait (dataflow.retry) ------------------------------------------------------
 STORE_ERRORS = Counter(PREFIX + "store_errors", "Failed store write attempts (retried)",
@@ -100,6 +109,7 @@ ONLINE_DIVERGENT_SECONDS = Counter(PREFIX + "online_divergent_seconds",
                                    "from the exact one", ["entity"])
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Expose the Prometheus metrics on http://host:port/metrics (daemon thread)."""
+def serve_metrics(port: int, host: str) -> None:
+    """Expose the Prometheus metrics on http://host:port/metrics (daemon thread). No default
+    host here: `LiveConfig.metrics_host` is the one place it is written."""
     start_http_server(port, addr=host)
