@@ -199,6 +199,9 @@ class LiveConfig(FlowConfig):
     idle_exit: float | None = Field(None, gt=0, description="stop after this long without a "
                                                            "record, s")
     stop_at_end: bool = Field(False, description="stop when every partition reaches its end")
+    online_flush_interval: float = Field(
+        0.05, gt=0, description="online store flush at least this often, s (offline parts "
+                                "keep --flush-interval / --flush-rows)")
     online_rows: Literal["exact", "provisional"] = Field(
         "exact", description="online values: exact (after the watermark delay, as offline) or "
                              "provisional (every event at once; the exact rows still go "

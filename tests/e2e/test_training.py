@@ -117,3 +117,59 @@ def test_training_frame_matches_reference_as_of_each_row(feast_repo_dir):
     # the late events really mattered somewhere (the visibility model is exercised)
     assert any(visible[i] != e["event_timestamp"] for i, e in enumerate(events)
                if visible.get(i) is not None) or late
+
+
+def test_compaction_keeps_the_training_frame(feast_repo_dir):
+    """Several parts (two replays), a range replayed again over a full replay (rows
+    replaced), then `feast-bytewax compact --grace 0` twice: far fewer files, and the
+    training frame equal to the one before and to the reference."""
+    from click.testing import CliRunner
+
+    from feast_bytewax.cli.main import cli
+    from feast_bytewax.config import ReplayConfig
+    from feast_bytewax.dataflow.replay import run_replay
+    from feast_bytewax.dataflow.repo import open_store
+    from feast_bytewax.datagen.generate import write_events
+    from feast_bytewax.features.spec import load_spec
+    from feast_bytewax.timeutil import from_us
+    from feast_bytewax.training import training_frame
+
+    events_path = feast_repo_dir / "data/events.parquet"
+    start = (datetime.now(UTC) - timedelta(hours=8)).replace(microsecond=0)
+    write_events(events_path, 2000, 30, seed=29, start=start, duration=timedelta(hours=6),
+                 late_fraction=0.0)
+    cfg = ReplayConfig(repo=feast_repo_dir, events=str(events_path), flush_rows=50)
+    run_replay(cfg)
+    run_replay(ReplayConfig(repo=feast_repo_dir, events=str(events_path), flush_rows=50,
+                            start=start + timedelta(hours=2), end=start + timedelta(hours=4)))
+    folder = feast_repo_dir / "data/offline/user_features"
+    files_before = len(list(folder.glob("*.parquet")))
+    store = open_store(feast_repo_dir)
+    spec = load_spec(store)
+    events = _events_in_file_order(events_path)
+    visible, _ = ref.arrival_model(
+        events, round(cfg.watermark_delay * 1e6), round(cfg.allowed_lateness * 1e6))
+    rnd = random.Random(7)
+    horizon = max(e["event_timestamp"] for e in events)  # a finite input ends there
+    rows = [(e["user_id"], min(e["event_timestamp"] + rnd.randrange(0, 20 * MIN_US), horizon))
+            for e in rnd.sample(events, 300)]
+    entity_df = pd.DataFrame({"user_id": [u for u, _ in rows],
+                              "event_timestamp": [from_us(int(t)) for _, t in rows]})
+    service = store.get_feature_service(SERVICE)
+    before = training_frame(store, entity_df, service)
+
+    for _ in range(2):  # the second one deletes what the first absorbed
+        res = CliRunner().invoke(cli, ["compact", "--repo", str(feast_repo_dir),
+                                       "--grace", "0"])
+        assert res.exit_code == 0, res.output
+        after = training_frame(open_store(feast_repo_dir), entity_df, service)
+        pd.testing.assert_frame_equal(after[before.columns], before, check_dtype=False)
+    files_after = len(list(folder.glob("*.parquet")))
+    assert files_before >= 4 and files_after == 1, (files_before, files_after)
+    bad = []
+    for i, (u, t) in enumerate(rows):
+        want = ref.value_at(spec, events, u, int(t), visible)
+        for f, w in zip(spec.feature_names, want, strict=True):
+            if not _same(before.at[i, f], w):
+                bad.append((u, f, from_us(int(t)).isoformat(), before.at[i, f], w))
+    assert not bad, f"{len(bad)} mismatches, first: {bad[:5]}"

@@ -287,6 +287,28 @@ def test_flush_policy_rows_interval_close(
     assert writer.stats()["flush_seconds_total"] > 0
 
 
+def test_online_flushes_on_its_own_clock_offline_waits_for_its_own(
+    store: FeatureStore, spec: EngineSpec, feast_repo_dir: Path
+) -> None:
+    """`online_interval`: the online store is written every 50 ms, the offline one keeps
+    `max_interval` (one large part), and a checkpoint flushes both."""
+    clock = FakeClock()
+    writer = FeastWriter(store, spec, max_interval=10.0, online_interval=0.05, clock=clock)
+    writer.write([full_row(spec, "u1", 0, 1)])
+    assert writer.stats()["rows_online"] == 0
+    for i in range(1, 5):  # every 60 ms a row: each write flushes online, none offline
+        clock.now = 0.06 * i
+        assert writer.write([full_row(spec, f"u{i + 1}", i, 1)]) == 0
+        assert writer.stats()["rows_online"] == (i + 1) * len(writer._online_targets)
+        got = online(store, [f"u{i + 1}"])  # readable online at once
+        assert got["failed_logins_10m"] == [1]
+    assert writer.stats()["rows_offline"] == 0 and part_files(feast_repo_dir) == []
+    writer.checkpoint()
+    assert writer.stats()["rows_online"] == 5 * len(writer._online_targets)
+    assert len(part_files(feast_repo_dir)) == 1 and len(offline_frame(feast_repo_dir)) == 5
+    writer.close()
+
+
 def test_views_resolved_once_and_validated(store: FeatureStore, spec: EngineSpec) -> None:
     writer = FeastWriter(store, spec)
     assert sorted(v.name for v in writer.views) == sorted(spec.views)

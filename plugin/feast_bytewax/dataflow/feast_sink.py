@@ -101,8 +101,9 @@ class FeastSink(FixedPartitionedSink[FeatureRow, dict]):
         lifecycle: the run's `RunLifecycle` (whether the input ended); default: never.
         outage_limit: seconds a store may fail before the run stops (`StoreRetry`).
         monitor: where waiting rows are reported during a store stall (the SLO reads it).
-        max_rows / max_interval / online / offline / stats / on_flush / provisional: passed
-            to each `FeastWriter` (`on_flush(rows)` sees every flushed batch: freshness metrics).
+        max_rows / max_interval / online / offline / stats / on_flush / provisional /
+            online_interval: passed to each `FeastWriter` (`on_flush(rows)` sees every
+            flushed batch: freshness metrics).
         fs_yaml_file: a feature_store.yaml other than `repo_path/feature_store.yaml`.
         join_key: the entity to compile the spec for when `spec` is None.
     """
@@ -129,6 +130,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, dict]):
         stats: FlowStats | None = None,
         on_flush: Callable[[list[FeatureRow]], None] | None = None,
         provisional: bool = False,
+        online_interval: float | None = None,
     ) -> None:
         if not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"partitions must be a positive int, got {partitions!r}")
@@ -153,6 +155,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, dict]):
         self.stats = stats
         self.on_flush = on_flush
         self.provisional = provisional
+        self.online_interval = online_interval
 
     def list_parts(self) -> list[str]:
         return [f"feast-{i}" for i in range(self.partitions)]
@@ -171,6 +174,7 @@ class FeastSink(FixedPartitionedSink[FeatureRow, dict]):
             resume=resume, write_from=self.write_from,
             retry=StoreRetry(self.outage_limit, monitor=self.monitor),
             stats=self.stats, on_flush=self.on_flush, provisional=self.provisional,
+            online_interval=self.online_interval,
         )
 
     def build_part(self, step_id: str, for_part: str,

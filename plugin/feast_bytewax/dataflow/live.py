@@ -166,7 +166,8 @@ def build_live_flow(cfg: LiveConfig, stats: FlowStats, spec: FlowSpec | None = N
                          online=cfg.online, offline=cfg.offline,
                          stats=None if table else stats,
                          on_flush=None if table else recorder.rows_readable,
-                         provisional=provisional and not table)
+                         provisional=provisional and not table,
+                         online_interval=cfg.online_flush_interval)
 
     if cfg.dead_letter_topic:
         for t in {cfg.dead_letter_topic, cfg.late_topic or cfg.dead_letter_topic}:

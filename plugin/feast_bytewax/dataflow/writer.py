@@ -22,6 +22,9 @@ of a range warms its windows up on the events before the range.
 
 Flush policy: when the buffer holds `max_rows` rows, or when a write comes `max_interval`
 seconds or more after the previous flush; plus explicit `flush()`, `checkpoint()`, `close()`.
+With `online_interval` the online store has its own clock: a live run writes online every
+~50 ms (freshness) and offline every `max_interval` or `max_rows` (few, large parts: fewer
+files for `get_historical_features` to open); both are flushed at every checkpoint.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class FeastWriter:
         stats: the run's counters (rows written offline / online).
         on_flush: called after every successful flush with the rows it made readable, in
             flush order (the live run measures freshness with it).
+        online_interval: seconds between online flushes, apart from the offline ones (which
+            keep `max_rows` / `max_interval`: few, large parts); None: both together.
         provisional: the rows come from two engines (`engine.provisional`): those with
             cause ``provisional`` go online only, the others (exact) offline only, and the
             two are compared (`observability.divergence`).
@@ -109,6 +114,7 @@ class FeastWriter:
         stats: FlowStats | None = None,
         on_flush: Callable[[list[FeatureRow]], None] | None = None,
         provisional: bool = False,
+        online_interval: float | timedelta | None = None,
     ) -> None:
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
@@ -143,8 +149,11 @@ class FeastWriter:
                 resume.get(t.view.batch_source.name))
             for t in self._offline_targets if folder_store
         }
-        self._buffer: list[FeatureRow] = []
-        self._last_flush = clock()
+        self._buffer: list[FeatureRow] = []  # for the offline store
+        self._online: list[FeatureRow] = []  # for the online store
+        self.online_interval = (None if online_interval is None
+                                else nonnegative_seconds(online_interval, "online_interval"))
+        self._last_flush = self._last_online = clock()
         self._closed = False
         self.rows_in = 0
         self.rows_offline = 0
@@ -156,43 +165,59 @@ class FeastWriter:
 
     @property
     def pending(self) -> int:
-        """Rows buffered, not yet flushed."""
-        return len(self._buffer)
+        """Rows buffered, not yet flushed (to one store or the other)."""
+        return max(len(self._buffer), len(self._online))
 
     def write(self, rows: Iterable[FeatureRow]) -> int:
-        """Buffer rows; flush if the buffer is full or the interval has passed. Returns the
-        number of rows flushed by this call (0 if none)."""
+        """Buffer rows; flush what is due (see the class docstring). Returns the number of
+        rows flushed offline by this call (0 if none)."""
         if self._closed:
             raise RuntimeError("FeastWriter is closed")
-        before = len(self._buffer)
         if self.write_from is None:
-            self._buffer.extend(rows)
+            new = list(rows)
         else:
-            self._buffer.extend(r for r in rows if r.event_timestamp >= self.write_from)
-        self.rows_in += len(self._buffer) - before
-        if self._buffer and (
-            len(self._buffer) >= self.max_rows
-            or self._clock() - self._last_flush >= self.max_interval
-        ):
-            return self.flush()
+            new = [r for r in rows if r.event_timestamp >= self.write_from]
+        self.rows_in += len(new)
+        if self.divergence is not None:
+            self.divergence.observe(new)
+            self._online.extend(r for r in new if r.cause == PROVISIONAL)
+            self._buffer.extend(r for r in new if r.cause != PROVISIONAL)
+        else:
+            self._online.extend(new)
+            self._buffer.extend(new)
+        now = self._clock()
+        if self.online_interval is None:  # one flush for both stores
+            if (self._buffer or self._online) and (
+                    max(len(self._buffer), len(self._online)) >= self.max_rows
+                    or now - self._last_flush >= self.max_interval):
+                return self.flush()
+            return 0
+        if self._online and (len(self._online) >= self.max_rows
+                             or now - self._last_online >= self.online_interval):
+            self._flush_online()
+        if self._buffer and (len(self._buffer) >= self.max_rows
+                             or now - self._last_flush >= self.max_interval):
+            return self._flush_offline()
         return 0
 
     def flush(self) -> int:
         """Write every buffered row (offline: all; online: the latest per key), waiting for a
-        store that is down (`StoreRetry`). Returns the number of rows flushed."""
-        if not self._buffer:
-            self._last_flush = self._clock()
+        store that is down (`StoreRetry`). Returns the number of rows flushed offline."""
+        had = bool(self._buffer or self._online)
+        n = self._flush_offline()
+        self._flush_online()
+        self.flushes += had
+        return n
+
+    def _flush_offline(self) -> int:
+        rows = self._buffer
+        self._last_flush = self._clock()
+        if not rows:
             return 0
         started = time.perf_counter()
-        rows = self._buffer
         oldest = min(r.event_timestamp for r in rows)
-        online_rows = offline_rows = rows
-        if self.divergence is not None:
-            self.divergence.observe(rows)
-            online_rows = [r for r in rows if r.cause == PROVISIONAL]
-            offline_rows = [r for r in rows if r.cause != PROVISIONAL]
-        df = rows_to_frame(offline_rows, self.spec)
-        for target in self._offline_targets if offline_rows else ():
+        df = rows_to_frame(rows, self.spec) if self._offline_targets else None
+        for target in self._offline_targets:
             frame = df.loc[:, list(target.columns)].rename(columns=target.renames)
             table = pa.Table.from_pandas(frame, preserve_index=False)
             txn = self.txns.get(target.view.batch_source.name)
@@ -203,29 +228,41 @@ class FeastWriter:
                 self.retry.call("offline", lambda t=table, v=target.view:
                                 self._provider.ingest_df_to_offline_store(v, t), oldest, self)
             self.rows_offline += table.num_rows
-        latest_keys = 0
-        if self._online_targets and online_rows:
-            if online_rows is not offline_rows:
-                df = rows_to_frame(online_rows, self.spec)
-            latest = latest_per_key(df, self.spec.join_key)
-            latest_keys = len(latest)
-            for target in self._online_targets:
-                frame = latest.loc[:, list(target.columns)].rename(columns=target.renames)
-                self.retry.call("online", lambda f=frame, v=target.view:
-                                self._online_write(v, f), oldest, self)
-                self.rows_online += len(frame)
         self._buffer = []
-        self._last_flush = self._clock()
-        self.flushes += 1
+        self._timed(started)
+        if self.run_stats is not None and self._offline_targets:
+            self.run_stats.add(rows_offline=len(rows))
+        if self.on_flush is not None and not self._online_targets:
+            self.on_flush(rows)
+        return len(rows)
+
+    def _flush_online(self) -> None:
+        rows = self._online
+        self._last_online = self._clock()
+        if not rows:
+            return
+        if not self._online_targets:
+            self._online = []
+            return
+        started = time.perf_counter()
+        oldest = min(r.event_timestamp for r in rows)
+        latest = latest_per_key(rows_to_frame(rows, self.spec), self.spec.join_key)
+        for target in self._online_targets:
+            frame = latest.loc[:, list(target.columns)].rename(columns=target.renames)
+            self.retry.call("online", lambda f=frame, v=target.view:
+                            self._online_write(v, f), oldest, self)
+            self.rows_online += len(frame)
+        self._online = []  # kept until every target took them (a store that stays down)
+        self._timed(started)
+        if self.run_stats is not None:
+            self.run_stats.add(rows_online=len(latest))
+        if self.on_flush is not None:
+            self.on_flush(rows)
+
+    def _timed(self, started: float) -> None:
         elapsed = time.perf_counter() - started
         self.flush_seconds_total += elapsed
         PUSH_SECONDS.observe(elapsed)
-        if self.run_stats is not None:
-            self.run_stats.add(rows_offline=len(offline_rows) if self._offline_targets else 0,
-                               rows_online=latest_keys)
-        if self.on_flush is not None:
-            self.on_flush(online_rows if self._online_targets else rows)
-        return len(rows)
 
     def _online_write(self, view: Any, frame: Any) -> None:
         if self._write_frame is not None:  # columnar fast path (FastRedisOnlineStore)
@@ -236,7 +273,8 @@ class FeastWriter:
     def stats(self) -> dict[str, float | int]:
         """Counters since construction. `rows_online` counts (key, view) writes after
         coalescing; `rows_offline` counts rows written (once per batch source)."""
-        return {"rows_in": self.rows_in, "rows_pending": len(self._buffer),
+        return {"rows_in": self.rows_in,
+                "rows_pending": max(len(self._buffer), len(self._online)),
                 "rows_offline": self.rows_offline, "rows_online": self.rows_online,
                 "flushes": self.flushes, "flush_seconds_total": self.flush_seconds_total}
 
