@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             fw = "-" if k["first_write"] is None else f"{k['first_write']:.2f} s"
             lines.append(
                 f"| {name} | {k['killed_at']:.2f} of {k['uninterrupted_wall']:.2f} | "
-                f"{k['parts_before']} | {fw} | {k['resume_wall']:.2f} s | "
+                f"{k['parts_before']} of {k['uninterrupted_parts']:g} | {fw} | "
+                f"{k['resume_wall']:.2f} s | "
                 f"{k['resume_wall'] / k['uninterrupted_wall']:.2f} | "
                 f"`{k['summary'][:140]}` |")
     text = "\n".join(lines)
