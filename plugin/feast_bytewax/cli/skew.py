@@ -1,7 +1,8 @@
 """`feast-bytewax skew`: recompute every feature in DuckDB from the raw event log (SQL
 generated from the same definitions, not the streaming engine), compare with the offline
 rows and the logged served vectors, write a JSON + HTML report; exits 1 above
---max-mismatch-rate."""
+--max-mismatch-rate. `--since 15m` checks a recent window of a live run (for cron or a
+Kubernetes CronJob)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def command(ctx: click.Context, **_: object) -> int:
     cfg = load(SkewConfig, **given(ctx, SkewConfig))
     store = open_store(cfg.repo)
     events = cfg.events or events_path(cfg, load_flow_spec(store))
-    code, summary = run_skew(cfg, store, str(Path(events)) if "://" not in events else events)
+    code, summary, _ = run_skew(cfg, store,
+                                     str(Path(events)) if "://" not in events else events)
     click.echo(summary)
     ctx.exit(code)
