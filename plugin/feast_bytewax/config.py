@@ -305,6 +305,11 @@ class SkewConfig(EventTimeConfig):
     settle: float = Field(30.0, ge=0, description="with --since and no --until: besides the "
                                                   "watermark delay, leave the newest this "
                                                   "long out (flushes, archive lag), seconds")
+    metrics_file: Path | None = Field(None, description="write the mismatch rates as Prometheus "
+                                                        "text (node_exporter textfile "
+                                                        "collector, *.prom), atomically")
+    pushgateway: str | None = Field(None, description="also push them to this Prometheus "
+                                                      "Pushgateway (host:port or URL)")
 
     _check_start = field_validator("start", "end")(_aware)
 
