@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feast_bytewax.errors import ConfigError
+from feast_bytewax.timeutil import parse_instant
 
 ENV_PREFIX = "FEAST_BYTEWAX_"
 
@@ -297,8 +298,39 @@ class SkewConfig(EventTimeConfig):
                                                           "(default: the one with logging)")
     entity: str | None = Field(None, description="join key of the entity to check (default: "
                                                  "the only one)")
+    since: str | None = Field(None, description="check a recent window of a live run: rows "
+                                                "and served values stamped in [since, until); "
+                                                "a duration (15m, 1h) back from --until, or "
+                                                "ISO-8601 (not with --start/--end)")
+    until: str | None = Field(None, description="the window's end: ISO-8601, or a duration "
+                                                "back from now (default: now - "
+                                                "--watermark-delay - --settle)")
+    settle: float = Field(30.0, ge=0, description="with --since and no --until: besides the "
+                                                  "watermark delay, leave the newest this "
+                                                  "long out (flushes, archive lag), seconds")
+    metrics_file: Path | None = Field(None, description="write the mismatch rates as Prometheus "
+                                                        "text (node_exporter textfile "
+                                                        "collector, *.prom), atomically")
+    pushgateway: str | None = Field(None, description="also push them to this Prometheus "
+                                                      "Pushgateway (host:port or URL)")
 
     _check_start = field_validator("start", "end")(_aware)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _instant(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_instant(v, 0)
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> SkewConfig:
+        if self.since is not None and (self.start is not None or self.end is not None):
+            raise ValueError("--since sets the window: give it or --start/--end, not both "
+                             "(--start/--end check a range replay)")
+        if self.until is not None and self.since is None:
+            raise ValueError("--until ends a --since window: give --since too")
+        return self
 
 
 class RedriveConfig(RepoSettings):

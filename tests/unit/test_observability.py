@@ -27,7 +27,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, gen
 from prometheus_client.parser import text_string_to_metric_families
 
 from feast_bytewax.cli.main import cli
-from feast_bytewax.config import FlowConfig, LiveConfig, load
+from feast_bytewax.cli.options import given
+from feast_bytewax.cli.skew import command as skew_command
+from feast_bytewax.config import FlowConfig, LiveConfig, SkewConfig, load
 from feast_bytewax.dataflow.flow import build_flow
 from feast_bytewax.dataflow.live import start_metrics, watch_slo
 from feast_bytewax.observability.freshness import FreshnessRecorder
@@ -36,6 +38,7 @@ from feast_bytewax.observability.metrics import (
     FRESHNESS_BUCKETS,
     FRESHNESS_SECONDS,
 )
+from feast_bytewax.observability.skew_metrics import skew_registry
 from feast_bytewax.observability.slo import FreshnessSLO
 from feast_bytewax.observability.state import STATE, StateGauges
 from feast_bytewax.observability.stats import FlowStats
@@ -295,6 +298,12 @@ def exposed_names() -> set[str]:
             if fam.name.startswith("feast_bytewax_") for suffix in suffixes[fam.type]}
 
 
+def skew_names() -> set[str]:
+    """The gauges a `skew --metrics-file` run writes: the families of the registry it
+    writes from (an empty report still yields every family)."""
+    return {fam.name for fam in skew_registry({}, 0.0).collect()}
+
+
 def metric_names(expr: str) -> set[str]:
     """The series names a PromQL expression reads: identifiers outside strings, label
     matchers, ranges and by/without lists that are not functions, keywords or numbers."""
@@ -328,7 +337,7 @@ def test_dashboard_and_alert_rules_use_only_metrics_the_registry_defines():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "feast-bytewax-rules.yml").read_text())
     dashboard = json.loads((DEPLOY / "grafana" / "feast-bytewax.json").read_text())
     recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
-    known = exposed_names() | recorded
+    known = exposed_names() | skew_names() | recorded
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
     exprs = expressions(rules) + expressions(dashboard)
     assert len(alerts) >= 5 and len(expressions(dashboard)) >= 15
@@ -343,6 +352,10 @@ def test_dashboard_and_alert_rules_use_only_metrics_the_registry_defines():
                  "feast_bytewax_snapshot_bytes", "feast_bytewax_state_bytes_per_key",
                  "feast_bytewax_freshness_slo_breached"):
         assert name in used
+    # ... and of item 5: the periodic skew check's rate, verdict and last run.
+    for name in ("feast_bytewax_skew_mismatch_rate", "feast_bytewax_skew_passed",
+                 "feast_bytewax_skew_last_run_timestamp_seconds"):
+        assert name in used
     slo_rule = next(r for r in alerts if r["alert"] == "FeastBytewaxFreshnessSLO")
     # The rule is the in-process alert's computation: p99, 1-minute window, same histogram.
     assert slo_rule["expr"].startswith(
@@ -351,3 +364,18 @@ def test_dashboard_and_alert_rules_use_only_metrics_the_registry_defines():
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     assert all(p["targets"] and p["gridPos"]["w"] <= 24 for p in panels)
+
+
+def test_the_skew_cronjob_example_runs_a_valid_skew_command():
+    """deploy/k8s/skew-cronjob.yaml: its args parse as `feast-bytewax skew` options and make
+    a valid settings model with a window, a threshold and an export of the verdict."""
+    job = yaml.safe_load((DEPLOY / "k8s" / "skew-cronjob.yaml").read_text())
+    assert job["kind"] == "CronJob" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    name, *args = container["args"]
+    assert name == "skew"
+    ctx = skew_command.make_context("skew", list(args))
+    cfg = load(SkewConfig, **given(ctx, SkewConfig))
+    assert cfg.since == "15m" and cfg.until is None
+    assert cfg.max_mismatch_rate > 0
+    assert cfg.pushgateway or cfg.metrics_file

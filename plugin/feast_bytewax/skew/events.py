@@ -35,6 +35,13 @@ class SkewOptions:
     end_us: int | None = None
     s3_endpoint: str | None = None  # for s3:// event logs (default: the environment's)
     entity: str | None = None  # join key of the entity to check (default: the only one)
+    # a window of a live run (`skew.window`): compare [window_start_us, window_end_us) only
+    window_start_us: int | None = None
+    window_end_us: int | None = None
+
+    @property
+    def windowed(self) -> bool:
+        return self.window_start_us is not None
 
 
 
@@ -47,6 +54,7 @@ class EventLog:
     rejected: int
     horizon: int | None
     files: list[str] = field(default_factory=list)
+    read_from: int | None = None  # event time the log was read from (None: its beginning)
 
 
 def sampled_keys(keys: pd.Series, fraction: float) -> np.ndarray:
@@ -59,14 +67,38 @@ def sampled_keys(keys: pd.Series, fraction: float) -> np.ndarray:
     return keys.isin(keep).to_numpy()
 
 
-def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventLog:
+def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions,
+                read_from_us: int | None = None) -> EventLog:
     """Read the raw log the way the replay does (same files, order, start/end filter and
-    validation rules); invalid rows are counted and left out, as the stream does."""
+    validation rules); invalid rows are counted and left out, as the stream does. A range
+    (`start_us`) is read with the events before it that its values depend on, as the
+    replay; a window (`windowed`) from `read_from_us` and up to the newest event (later
+    events moved the run's watermark, see `skew.window`)."""
+    if opts.windowed:
+        start, end = read_from_us, None
+    else:
+        start = opts.start_us - spec.lookback_us if opts.start_us is not None else None
+        end = opts.end_us
+    df, rejected = _read_frame(path, spec, opts, start, end)
+    if opts.windowed and start is not None:  # JSON lines are not filtered by the source
+        df = df.loc[df["event_timestamp"].to_numpy() >= start].reset_index(drop=True)
+    horizon = int(df["event_timestamp"].max()) if len(df) else None
+    if opts.windowed and horizon is not None:
+        horizon = min(horizon, opts.window_end_us - 1)
+    df = visibility_model(df, spec.join_key, opts)
+    keep = sampled_keys(df[spec.join_key], opts.sample_keys)
+    df = df.loc[keep].reset_index(drop=True)
+    files = list_event_files(path, opts.s3_endpoint)
+    return EventLog(df, rejected, horizon, [str(p) for p in files], read_from=start)
 
-    # a range is read with the events before it that its values depend on, as the replay
-    start = from_us(opts.start_us - spec.lookback_us) if opts.start_us is not None else None
-    end = from_us(opts.end_us) if opts.end_us is not None else None
-    source = EventFileSource(path, batch_size=50_000, start=start, end=end,
+
+def _read_frame(path: str | Path, spec: EngineSpec, opts: SkewOptions, start_us: int | None,
+                end_us: int | None) -> tuple[pd.DataFrame, int]:
+    """Valid events in arrival order (parquet rows filtered to [start_us, end_us) by the
+    source), and the count of invalid records."""
+    source = EventFileSource(path, batch_size=50_000,
+                             start=from_us(start_us) if start_us is not None else None,
+                             end=from_us(end_us) if end_us is not None else None,
                              s3_endpoint_override=opts.s3_endpoint)
     now, max_future = utc_now_us(), opts.max_future_us
     rows: list[tuple] = []
@@ -94,12 +126,7 @@ def read_events(path: str | Path, spec: EngineSpec, opts: SkewOptions) -> EventL
     if len(df) and df["event_id"].map(type).nunique() > 1:
         df["event_id"] = df["event_id"].astype(str)
     df["event_timestamp"] = df["event_timestamp"].astype("int64")
-    horizon = int(df["event_timestamp"].max()) if len(df) else None
-    df = visibility_model(df, spec.join_key, opts)
-    keep = sampled_keys(df[spec.join_key], opts.sample_keys)
-    df = df.loc[keep].reset_index(drop=True)
-    files = list_event_files(path, opts.s3_endpoint)
-    return EventLog(df, rejected, horizon, [str(p) for p in files])
+    return df, rejected
 
 
 def visibility_model(df: pd.DataFrame, key: str, opts: SkewOptions) -> pd.DataFrame:

@@ -71,7 +71,11 @@ def logged_points(spec: EngineSpec, service: Any, logs: pd.DataFrame,
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
-    return out.loc[sampled_keys(out[key], opts.sample_keys)].reset_index(drop=True)
+    keep = sampled_keys(out[key], opts.sample_keys)
+    if opts.windowed:  # values stamped in the window (NOT_FOUND ones: served in it)
+        t = np.where(out["absent"].to_numpy(), out["serve_ts"].to_numpy(), out["ts"].to_numpy())
+        keep &= (t >= opts.window_start_us) & (t < opts.window_end_us)
+    return out.loc[keep].reset_index(drop=True)
 
 
 def compare_logged(spec: EngineSpec, lp: pd.DataFrame, truth_at: Any, empties: dict,

@@ -34,11 +34,16 @@ def offline_sources(store: Any, spec: EngineSpec) -> list[tuple[Any, list[str]]]
 
 
 def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
-                 opts: SkewOptions, since: int | None = None) -> tuple[pd.DataFrame, str]:
+                 opts: SkewOptions, since: int | None = None
+                 ) -> tuple[pd.DataFrame, str, pd.DataFrame | None]:
     """The batch source's visible rows: join key, `ts` (int us), features (float64/NaN), in
     commit order, superseded copies of an identity included (they are reported as
     duplicates); with a range (--start/--end), the rows in it, else the rows from `since`
-    (the log's first event: earlier rows, e.g. of an older run, are not the log's to check)."""
+    (the log's first event: earlier rows, e.g. of an older run, are not the log's to check).
+    With a window (--since), the rows in it and its carry-in: each key's last row before
+    it (the newest copy). A live run writes a row only when a value changes, so the store's
+    value at the window's start is that row; it is read, never compared (it is the previous
+    window's)."""
 
     df = read_source_frame(store.config, source, keys=[spec.join_key], dedup=False)
     uri = resolve_source_uri(store.config, source)
@@ -50,18 +55,30 @@ def read_offline(store: Any, spec: EngineSpec, source: Any, names: list[str],
     for n in names:
         out[n] = numeric(df[n]) if n in df.columns else np.full(len(df), np.nan)
     keep = sampled_keys(out[key], opts.sample_keys)
-    lo = opts.start_us if opts.start_us is not None else since
+    ts = out["ts"].to_numpy()
+    carry = None
+    if opts.windowed:
+        lo, hi = opts.window_start_us, opts.window_end_us
+        before = out.loc[keep & (ts < lo)]
+        before = before.iloc[::-1].drop_duplicates([key, "ts"]).iloc[::-1]  # newest copy
+        carry = before.sort_values("ts", kind="stable").groupby(key, sort=False).tail(1) \
+            .reset_index(drop=True)
+    else:
+        lo = opts.start_us if opts.start_us is not None else since
+        hi = opts.end_us
     if lo is not None:
-        keep &= out["ts"].to_numpy() >= lo
-    if opts.end_us is not None:
-        keep &= out["ts"].to_numpy() < opts.end_us
-    return out.loc[keep].reset_index(drop=True), uri
+        keep &= ts >= lo
+    if hi is not None:
+        keep &= ts < hi
+    return out.loc[keep].reset_index(drop=True), uri, carry
 
 
 def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
                     cand: pd.DataFrame, truth_at: Any, empties: dict, log: EventLog,
-                    opts: SkewOptions) -> tuple[dict, pd.DataFrame]:
+                    opts: SkewOptions, carry: pd.DataFrame | None = None
+                    ) -> tuple[dict, pd.DataFrame]:
     """Compare the offline step functions with the batch truth at the union of breakpoints.
+    `carry`: rows before a window, which set the store's value at its start (read only).
     Returns the report section and the per-point frame (for plots)."""
     key = spec.join_key
     horizon = log.horizon if log.horizon is not None else -1
@@ -83,7 +100,10 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
     unver = {n: tr["unverified"][n].to_numpy() for n in names}
     # the store's step function at each point (asof join, empty before the first row)
     left = pts.sort_values("ts", kind="stable").reset_index()
-    right = rows[[key, "ts", *names]].rename(columns={"ts": "__row_ts"})
+    right = rows[[key, "ts", *names]]
+    if carry is not None and len(carry):
+        right = pd.concat([carry[[key, "ts", *names]], right], ignore_index=True)
+    right = right.rename(columns={"ts": "__row_ts"})
     right = right.sort_values("__row_ts", kind="stable")
     left["__t"] = left["ts"]
     merged = pd.merge_asof(left, right, left_on="__t", right_on="__row_ts", by=key,
@@ -127,9 +147,11 @@ def compare_offline(spec: EngineSpec, names: list[str], off: pd.DataFrame,
     weight = np.where(last_of_key, np.maximum(horizon - ts, 0), nxt - ts).astype("float64")
     weight[ts > horizon] = 0.0
     row_keys = set(rows[key].unique())
+    stored_keys = row_keys | (set(carry[key].unique()) if carry is not None else set())
     event_keys = set(log.events[key].astype(str).unique())
     key_any_nonempty = pd.Series(changed).groupby(keys).any() if len(keys) else pd.Series()
-    missing_keys = sorted(k for k, v in key_any_nonempty.items() if v and k not in row_keys)
+    missing_keys = sorted(k for k, v in key_any_nonempty.items()
+                          if v and k not in stored_keys)
     extra_keys = sorted(row_keys - event_keys)
     cls = np.where(has_row, "wrong_value", np.where(changed, "missing_row", "carried"))
     examples = []

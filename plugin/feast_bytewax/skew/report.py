@@ -105,7 +105,8 @@ from feast_bytewax.skew.truth import (
     empty_vector,
     truth_lookup,
 )
-from feast_bytewax.timeutil import US_PER_S, to_us
+from feast_bytewax.skew.window import read_window_events, resolve_window
+from feast_bytewax.timeutil import US_PER_S, to_us, utc_now_us
 
 REPORT_JSON = "skew_report.json"
 REPORT_HTML = "skew_report.html"
@@ -139,39 +140,46 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
     unchecked = [f.name for f in spec.features if f.depends]
     spec = replace(spec, features=tuple(f for f in spec.features if not f.depends))
     key = spec.join_key
-    log = read_events(events, spec, opts)
+    log = read_window_events(events, spec, opts) if opts.windowed \
+        else read_events(events, spec, opts)
     ev = log.events
     horizon = log.horizon if log.horizon is not None else 0
-    cand = change_candidates(spec, ev, horizon, opts.start_us) if len(ev) else pd.DataFrame(
+    first_point = opts.window_start_us if opts.windowed else opts.start_us
+    cand = change_candidates(spec, ev, horizon, first_point) if len(ev) else pd.DataFrame(
         {key: pd.Series([], dtype=object), "ts": pd.Series([], dtype="int64")})
     cand[key] = cand[key].astype(str)
     sources = offline_sources(store, spec)
     offline_frames = []
     for source, names in sources:
         first = int(ev["event_timestamp"].min()) if len(ev) else None
-        off, uri = read_offline(store, spec, source, names, opts, since=first)
-        offline_frames.append((source, names, off, uri))
+        off, uri, carry = read_offline(store, spec, source, names, opts, since=first)
+        offline_frames.append((source, names, off, uri, carry))
     service = _service(store, spec, service_name)
     logs = read_logs(store, service)
     lp = logged_points(spec, service, logs, log.horizon, opts) if logs is not None else None
-    all_pts = [cand[[key, "ts"]]] + [o[[key, "ts"]] for _, _, o, _ in offline_frames]
+    all_pts = [cand[[key, "ts"]]] + [o[[key, "ts"]] for _, _, o, _, _ in offline_frames]
     if lp is not None and len(lp):
         all_pts.append(lp[[key, "ts"]])
         all_pts.append(lp[[key, "alt_ts"]].rename(columns={"alt_ts": "ts"}))
     truth_at, truth = truth_lookup(spec, log, opts, pd.concat(all_pts, ignore_index=True))
     empties = empty_vector(spec, ev)
     offline, frames = [], []
-    for source, names, off, uri in offline_frames:
-        section, frame = compare_offline(spec, names, off, cand, truth_at, empties, log, opts)
+    for source, names, off, uri, carry in offline_frames:
+        section, frame = compare_offline(spec, names, off, cand, truth_at, empties, log, opts,
+                                         carry=carry)
         offline.append({"source": source.name, "uri": uri, "features_checked": names,
                         **section})
         frames.append(frame)
     logged = compare_logged(spec, lp, truth_at, empties, opts) \
         if lp is not None and len(lp) else None
+    if logged is not None:
+        logged["feature_service"] = service.name
     dl_late = _dead_letter_late(repo)
     model_dropped = int(ev["dropped"].sum())
     warnings_ = []
-    if dl_late is not None and dl_late != model_dropped and opts.sample_keys >= 1.0:
+    # (a window's events are not the run's whole input: its dead letters do not compare)
+    if dl_late is not None and dl_late != model_dropped and opts.sample_keys >= 1.0 \
+            and not opts.windowed:
         warnings_.append(
             f"the visibility model drops {model_dropped} late events but the run's dead "
             f"letters record {dl_late}: the arrival order of the run differs from the file "
@@ -194,6 +202,8 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
             "rtol": opts.rtol, "atol": opts.atol, "sample_keys": opts.sample_keys,
             "start": iso(opts.start_us), "end": iso(opts.end_us),
         },
+        "window": {"since": iso(opts.window_start_us), "until": iso(opts.window_end_us),
+                   "events_read_from": iso(log.read_from)} if opts.windowed else None,
         "spec": {"join_key": key, "features": [
             {"name": f.name, "view": f.view, "function": f.function, "column": f.column,
              "kind": f.kind, "window_s": f.window_us / US_PER_S,
@@ -280,9 +290,17 @@ def write_report(report: dict, plots: dict, out: Path) -> tuple[Path, Path]:
     return jpath, hpath
 
 
-def skew_options(cfg: SkewConfig) -> SkewOptions:
-    """The report's options from the command's settings (times in microseconds)."""
+def skew_options(cfg: SkewConfig, now_us: int | None = None) -> SkewOptions:
+    """The report's options from the command's settings (times in microseconds); a
+    `--since` window is resolved against `now_us` (default: the wall clock)."""
+    window = None
+    if cfg.since is not None:
+        window = resolve_window(cfg.since, cfg.until,
+                                utc_now_us() if now_us is None else now_us,
+                                cfg.watermark_delay, cfg.settle)
     return SkewOptions(
+        window_start_us=window.start_us if window else None,
+        window_end_us=window.end_us if window else None,
         watermark_delay_us=round(cfg.watermark_delay * US_PER_S),
         allowed_lateness_us=round(cfg.allowed_lateness * US_PER_S),
         max_future_us=round(cfg.max_future * US_PER_S),
@@ -295,6 +313,10 @@ def skew_options(cfg: SkewConfig) -> SkewOptions:
 
 def _summary(report: dict, jpath: Path, hpath: Path) -> str:
     lines = []
+    if report.get("window"):
+        w = report["window"]
+        lines.append(f"window: [{w['since']}, {w['until']}), events read from "
+                     f"{w['events_read_from']} (the features' lookback)")
     ev = report["event_log"]
     lines.append(f"events: {ev['valid_events']:,} valid ({ev['rejected']:,} rejected), "
                  f"{ev['keys']:,} keys, {ev['corrections']:,} corrections, "
@@ -332,8 +354,9 @@ def _summary(report: dict, jpath: Path, hpath: Path) -> str:
     return "\n".join(lines)
 
 
-def run_skew(cfg: SkewConfig, store: Any, events: str) -> tuple[int, str]:
-    """Compute, write and judge the report; returns (exit code, the printed summary)."""
+def run_skew(cfg: SkewConfig, store: Any, events: str) -> tuple[int, str, dict]:
+    """Compute, write and judge the report; returns (exit code, the printed summary, the
+    report)."""
     opts = skew_options(cfg)
     repo = Path(cfg.repo).resolve()
     path: str | Path = events
@@ -350,4 +373,4 @@ def run_skew(cfg: SkewConfig, store: Any, events: str) -> tuple[int, str]:
     # a row stored twice is a defect even when readers resolve it (`compact` removes them)
     th["passed"] = th["observed_mismatch_rate"] <= cfg.max_mismatch_rate and duplicates == 0
     jpath, hpath = write_report(report, plots, out)
-    return (0 if th["passed"] else 1), _summary(report, jpath, hpath)
+    return (0 if th["passed"] else 1), _summary(report, jpath, hpath), report
