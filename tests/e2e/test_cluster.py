@@ -173,10 +173,18 @@ def test_replay_on_processes_equals_one_worker(processes, parts_folder, replay_s
 # Live Kafka, 4 partitions: 1 worker vs 2 and 4 processes
 # ---------------------------------------------------------------------------------------
 
-# No partition goes idle while a run reads (the wall clock would move its frontier, and
-# rows after the newest event would depend on timing): the final watermark is the newest
-# event time in every run.
+# No partition goes idle while a run reads: the final watermark is decided by the events
+# (a quiet partition's frontier still moves on with the wall clock while it polls nothing,
+# by design: rows after the newest event time depend on timing, see `latest_rows`).
 LIVE_IDLE_TIMEOUT_S = 120.0
+
+
+def latest_rows(frame: pd.DataFrame) -> dict[str, tuple[int, tuple]]:
+    """Each user's latest offline row: (timestamp, values in NAMES order)."""
+    last = frame.groupby("user_id", sort=True).tail(1)
+    return {u: (t, tuple(None if pd.isna(v) else v for v in vals))
+            for u, t, *vals in last[["user_id", "event_timestamp", *NAMES]]
+            .itertuples(index=False, name=None)}
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +229,23 @@ def test_live_kafka_on_processes_equals_one_worker(processes, live_topic, tmp_pa
                                     "FEAST_BYTEWAX_REPO": str(repo),
                                     "FEAST_BYTEWAX_IDLE_TIMEOUT": str(LIVE_IDLE_TIMEOUT_S),
                                     **STOPS[processes]}, epoch_s=2)
+    frame = offline_frame(repo)
     a, b = (f[f["event_timestamp"] <= t["end"]].reset_index(drop=True)
-            for f in (t["frame"], offline_frame(repo)))
+            for f in (t["frame"], frame))
     assert len(b) == len(a)
     pd.testing.assert_frame_equal(a, b)
+    # rows after the newest event (a live watermark that moved on with the wall clock while
+    # a partition was quiet: timing, not the cluster) hold the reference's value
     check_rows(repo, [as_ref(e) for e in t["good"]])
-    assert_same_online(t["online"], online_values(repo, t["users"]), f"{processes} processes")
+    # online: every user's value is the run's own latest offline row; and equal to the
+    # 1-worker run's for the users whose latest row is not after the newest event in
+    # either run (the others depend on how long a partition was quiet: checked above)
+    online = online_values(repo, t["users"])
+    mine, theirs = latest_rows(frame), latest_rows(t["frame"])
+    assert_same_online({u: v for u, (_, v) in mine.items()}, online,
+                       f"{processes} processes: online vs own latest offline row")
+    settled = [u for u in t["users"] if max(mine[u][0], theirs[u][0]) <= t["end"]]
+    assert len(settled) >= 0.8 * len(t["users"]), (len(settled), len(t["users"]))
+    assert_same_online({u: t["online"][u] for u in settled}, {u: online[u] for u in settled},
+                       f"{processes} processes")
     assert_each_once(dead_letters(repo), t["bad"], f"{processes} processes")
