@@ -71,6 +71,11 @@ class CompiledSpec:
                 self.joined_groups[g.gid] = (base, span)
         self.joins = bool(enrich.joins)
         self._route_cache: dict[tuple, tuple[int, ...]] = {}
+        # the event columns that decide whether any join-reading group takes an event
+        self._join_columns = tuple(sorted({c for base, _ in self.joined_groups.values()
+                                           for c, _ in base}))
+        self._join_getters = tuple(self.getter(c) for c in self._join_columns)
+        self._join_cache: dict[tuple, bool] = {}
         vec: list[Any] = [None] * len(spec.features)
         for g in self.groups:
             for m in g.members:
@@ -109,6 +114,18 @@ class CompiledSpec:
         """Does a join-reading group keep this event (its clauses on event columns hold)?"""
         base, _ = self.joined_groups[gid]
         return all(self.getter(c)(ev) in allowed for c, allowed in base)
+
+    def needs_join(self, ev: Any) -> bool:
+        """Does a join-reading group take this event (its clauses on event columns hold)?
+        Only those events are joined (and kept for corrections): most events of a stream
+        feed no joined feature (cached per those columns' values)."""
+        key = tuple(get(ev) for get in self._join_getters)
+        hit = self._join_cache.get(key)
+        if hit is None:
+            hit = any(self.retains(gid, ev) for gid in self.joined_groups)
+            if len(self._join_cache) < ROUTE_CACHE_MAX:
+                self._join_cache[key] = hit
+        return hit
 
     def groups_for(self, ev: Any) -> tuple[int, ...]:
         """Group ids whose filter the event passes (cached per filter-column values)."""

@@ -220,7 +220,7 @@ class ShardEngine:
     def _apply(self, ev: Event, t: int, out: list) -> None:
         key = self.cs.key_of(ev)
         cs = self.cs
-        if cs.joins:
+        if cs.joins and cs.needs_join(ev):
             self._join(ev, key, t, t)
         st = self._key(key)
         vals = self._vector(key, st)
@@ -298,7 +298,7 @@ class ShardEngine:
 
     def _correct(self, ev: Event, w: int, out: list) -> None:
         key = self.cs.key_of(ev)
-        if self.cs.joins:
+        if self.cs.joins and self.cs.needs_join(ev):
             self._join(ev, key, ev.event_timestamp, w)
         st = self._key(key)
         vals = self._vector(key, st)
