@@ -15,7 +15,9 @@ on time in its own partition is never judged against a later state of that parti
 - The watermark never moves backwards (a restart may report lower frontiers for a while).
 
 `advance` is called per event: raising a partition that is not the slowest one cannot move
-the minimum, so the common case is O(1); only the slowest partition's events recompute.
+the minimum, so the common case is O(1); only the slowest partition's events recompute,
+except when it is the only active one (a single input, or the others done or idle): then
+its frontier is the minimum, O(1) again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ ACTIVE, IDLE, DONE = "active", "idle", "done"
 class PartitionWatermarks:
     """Frontiers and states of `n` input partitions, combined into one watermark."""
 
-    __slots__ = ("delay", "floor", "frontier", "state", "wm")
+    __slots__ = ("delay", "floor", "frontier", "sole", "state", "wm")
 
     def __init__(self, n: int, delay: int) -> None:
         if n < 1:
@@ -36,10 +38,18 @@ class PartitionWatermarks:
         self.state: list[str] = [ACTIVE] * n
         self.wm: int | None = None
         self.floor: int | None = None  # min frontier over active partitions (None: unknown)
+        self.sole: int | None = None  # the only active partition, once its frontier is known
 
     def advance(self, part: int, t: int) -> int | None:
         """An event of `part` with the partition's frontier `t`; returns the watermark."""
         cur = self.frontier[part]
+        if part == self.sole:  # the one active partition (one input, or the others ended)
+            if t > cur:
+                self.frontier[part] = self.floor = t
+                w = t - self.delay
+                if self.wm is None or w > self.wm:
+                    self.wm = w
+            return self.wm
         if cur is not None and t <= cur and self.state[part] == ACTIVE:
             return self.wm
         self.frontier[part] = t if cur is None or t > cur else cur
@@ -59,6 +69,9 @@ class PartitionWatermarks:
 
     def _combine(self) -> int | None:
         active = [f for f, s in zip(self.frontier, self.state, strict=True) if s == ACTIVE]
+        self.sole = None
+        if len(active) == 1 and active[0] is not None:
+            self.sole = self.state.index(ACTIVE)
         if active:
             self.floor = None if None in active else min(active)
             w = None if self.floor is None else self.floor - self.delay
@@ -90,3 +103,4 @@ class PartitionWatermarks:
 
     def __setstate__(self, s: tuple) -> None:
         self.delay, self.frontier, self.state, self.wm, self.floor = s
+        self.sole = None  # found again by the next combine
