@@ -7,6 +7,7 @@ import json
 import math
 import re
 import socket
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -95,6 +96,16 @@ def check_rows(repo: Path, events: list[dict], visible=None, end: int | None = N
         stamps = [t for t, _ in rows]
         assert stamps == sorted(set(stamps))
     return n
+
+
+def metric(port: int, name: str) -> float | None:
+    """One sample of a Prometheus metric served on 127.0.0.1:port (None: not served yet)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return None
+    m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
+    return float(m.group(1)) if m else None
 
 
 def free_port() -> int:

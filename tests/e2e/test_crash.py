@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from tests.e2e.checks import (
     check_rows,
     close,
     free_port,
+    metric,
     offline_frame,
     offline_rows,
     stream,
@@ -252,28 +252,28 @@ def after_rows(fraction: float, timeout: float = RUN_TIMEOUT_S):
     return KillPoint(f"after {fraction:.0%} of the rows", wait)
 
 
-def after_new_marker(fraction: float, timeout: float = RUN_TIMEOUT_S):
-    """Right after a snapshot's commit (live) / stage (replay) marker, past `fraction`."""
+def _after_new(fraction: float, timeout: float, what: str, listing: str) -> Callable:
+    """Past `fraction` of the rows, then right after a new file of `listing` appears."""
     def wait(proc: Proc, disk: Disk, total: int):
         if wait_until(lambda: disk.progress() >= fraction * total, timeout,
                       f"{fraction:.0%} of {total} rows", proc) is None:
             return None
-        before = set(disk.markers())
-        return wait_until(lambda: set(disk.markers()) - before, timeout, "a new marker", proc,
-                          every=0.001)
-    return KillPoint(f"right after a marker past {fraction:.0%}", wait)
+        before = set(getattr(disk, listing)())
+        return wait_until(lambda: set(getattr(disk, listing)()) - before, timeout,
+                          f"a new {what}", proc, every=0.001)
+    return wait
+
+
+def after_new_marker(fraction: float, timeout: float = RUN_TIMEOUT_S):
+    """Right after a snapshot's commit (live) / stage (replay) marker, past `fraction`."""
+    return KillPoint(f"right after a marker past {fraction:.0%}",
+                     _after_new(fraction, timeout, "marker", "markers"))
 
 
 def after_new_part(fraction: float, timeout: float = RUN_TIMEOUT_S):
     """Right after a flush wrote a part file (its commit/stage marker not written yet)."""
-    def wait(proc: Proc, disk: Disk, total: int):
-        if wait_until(lambda: disk.progress() >= fraction * total, timeout,
-                      f"{fraction:.0%} of {total} rows", proc) is None:
-            return None
-        before = set(disk.parts())
-        return wait_until(lambda: set(disk.parts()) - before, timeout, "a new part", proc,
-                          every=0.001)
-    return KillPoint(f"right after a part file past {fraction:.0%}", wait)
+    return KillPoint(f"right after a part file past {fraction:.0%}",
+                     _after_new(fraction, timeout, "part", "parts"))
 
 
 def after_final_commit(timeout: float = RUN_TIMEOUT_S):
@@ -874,13 +874,6 @@ class RealTimeProducer(threading.Thread):
         return self.events
 
 
-def metric(port: int, name: str) -> float | None:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return None
-    m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
-    return float(m.group(1)) if m else None
 
 
 def realtime_cmd(kafka_mock, topic: str, repo: Path, recovery: Path, port: int,

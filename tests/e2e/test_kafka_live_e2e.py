@@ -35,6 +35,7 @@ from tests.e2e.checks import (
     as_ref,
     check_rows,
     free_port,
+    metric,
     stream,
     summary_numbers,
 )
@@ -280,13 +281,6 @@ def test_bytewax_runner_entry_points(kafka_mock, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
-def metric(port: int, name: str) -> float | None:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return None
-    m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
-    return float(m.group(1)) if m else None
 
 
 def run_until_consumed(cmd: list[str], port: int, want: int, timeout: float = 180.0):
