@@ -48,6 +48,7 @@ from tests.e2e.checks import (
 )
 from tests.e2e.repos import ROOT, apply, copy_repo
 from tests.services import find_redis_server, free_loopback_port
+from tests.support.tcp import LoopbackServer
 
 pytestmark = pytest.mark.e2e
 
@@ -541,33 +542,6 @@ class FirstFailure(Exception):
     """Raised by the injected sleep: the first attempt has failed."""
 
 
-class ClosingServer(threading.Thread):
-    """A TCP port that accepts connections and closes them at once (a Redis that is going
-    away), counting them."""
-
-    def __init__(self) -> None:
-        import socket
-
-        super().__init__(name="closing-server", daemon=True)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            conn.close()
-        self.sock.close()
-
-
 def test_one_failed_store_attempt_is_one_redis_attempt(own_redis, tmp_path, monkeypatch):
     """StoreRetry only hears of a failure when the write gives up, so how long one attempt
     takes decides when the incident line, the stall gauge and the stall alert come, and how
@@ -582,7 +556,7 @@ def test_one_failed_store_attempt_is_one_redis_attempt(own_redis, tmp_path, monk
 
     repo, _ = redis_repo(tmp_path, own_redis.connection_string, monkeypatch)
     own_redis.close()
-    server = ClosingServer()
+    server = LoopbackServer(close_at_once=True)
     server.start()
     monkeypatch.setenv("FEAST_REDIS", f"127.0.0.1:{server.port}")
     first: dict[str, float] = {}
@@ -602,10 +576,9 @@ def test_one_failed_store_attempt_is_one_redis_attempt(own_redis, tmp_path, monk
             writer.flush()
         took = first["at"] - started
     finally:
-        server.done.set()
-        server.join(5)
-    assert server.accepted == 1, (
-        f"one failed store attempt made {server.accepted} connections to Redis and took "
+        server.stop()
+    assert len(server.accepted) == 1, (
+        f"one failed store attempt made {len(server.accepted)} connections to Redis and took "
         f"{took:.1f} s before StoreRetry heard of it")
 
 

@@ -9,7 +9,6 @@ that accepts connections and never answers (a frozen Redis) and one that refuses
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
@@ -20,6 +19,7 @@ from feast_bytewax.stores.fast_redis import (
     FastRedisOnlineStore,
     FastRedisOnlineStoreConfig,
 )
+from tests.support.tcp import LoopbackServer
 
 
 def client_of(connection_string: str, **config):
@@ -78,40 +78,14 @@ def test_feasts_own_store_is_left_alone() -> None:
     assert kwargs["socket_timeout"] is None and kwargs["retry"].get_retries() == 3
 
 
-class SilentServer(threading.Thread):
-    """Accepts connections and never answers (a frozen Redis: the kernel still accepts)."""
-
-    def __init__(self) -> None:
-        super().__init__(name="silent-server", daemon=True)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted.append(conn)
-        for conn in self.accepted:
-            conn.close()
-        self.sock.close()
-
-
 @pytest.fixture
 def silent_server():
-    server = SilentServer()
+    server = LoopbackServer(close_at_once=False)
     server.start()
     try:
         yield server
     finally:
-        server.done.set()
-        server.join(5)
+        server.stop()
 
 
 def test_a_frozen_redis_fails_one_try_after_the_timeout(silent_server) -> None:
