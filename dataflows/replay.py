@@ -3,9 +3,9 @@
     FEAST_BYTEWAX_EVENTS=data/events.parquet python -m bytewax.run dataflows.replay -s 30
 
 Same flow as `feast-bytewax replay` (feast_bytewax.dataflow.replay.build_replay_flow)
-without its summary line. Use a long ``-s`` (epoch) when recovery is off: Bytewax snapshots
-every shard's state at each epoch end. Bytewax's runner owns workers (``-w``, ``-i``/``-a``
-for processes) and recovery (``-r DIR -s S -b 0``).
+without its summary line. Without recovery (no ``-r``) the shards skip the per-epoch state
+snapshot (`feast_bytewax.dataflow.step`). Bytewax's runner owns workers (``-w``,
+``-i``/``-a`` for processes) and recovery (``-r DIR -s S -b 0``).
 
 Every setting of `feast-bytewax replay` is a ``FEAST_BYTEWAX_<NAME>`` variable here (the
 same model, `feast_bytewax.config.ReplayConfig`; `feast-bytewax replay --help` lists them):
@@ -27,8 +27,9 @@ same model, `feast_bytewax.config.ReplayConfig`; `feast-bytewax replay --help` l
 
 from feast_bytewax.config import ReplayConfig, load
 from feast_bytewax.dataflow.replay import build_replay_flow
+from feast_bytewax.dataflow.runtime import with_runner_recovery
 from feast_bytewax.observability.stats import FlowStats
 
-cfg = load(ReplayConfig)
+cfg = with_runner_recovery(load(ReplayConfig))
 stats = FlowStats()
 flow, dead_letter_path, _lookups = build_replay_flow(cfg, stats)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -21,11 +23,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from bytewax.recovery import init_db_dir
 
 from feast_bytewax.config import LiveConfig, ReplayConfig
 from feast_bytewax.dataflow.live import run_live
 from feast_bytewax.dataflow.replay import run_replay
 from feast_bytewax.dataflow.repo import open_store
+from feast_bytewax.dataflow.step import NO_SNAPSHOT
 from feast_bytewax.datagen.generate import write_events
 from feast_bytewax.skew.report import SkewOptions, compute_report
 from tests.conftest import make_feast_repo
@@ -103,6 +107,33 @@ def test_folder_replay_on_two_processes_equals_one_worker(split_events, tmp_path
     pd.testing.assert_frame_equal(offline_frame(single), offline_frame(cluster))
     dead = cluster / "data/dead_letters.jsonl"
     assert not dead.exists() or dead.read_text() == ""
+
+
+def test_bytewax_runners_recovery_directory_reaches_the_flow(split_events, tmp_path):
+    """`python -m bytewax.run dataflows.replay -r DIR`: the flow learns of the runner's
+    recovery directory (`dataflow.runtime.with_runner_recovery`), so its shards store real
+    state snapshots (without recovery they return an empty one), and the rows are those of
+    `feast-bytewax replay`."""
+    _, folder = split_events
+    single = make_feast_repo(tmp_path / "single")
+    replay(single, folder)
+    repo = make_feast_repo(tmp_path / "runner")
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    env = {**os.environ, "FEAST_BYTEWAX_EVENTS": str(folder), "FEAST_BYTEWAX_REPO": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflows.replay", "-r",
+                           str(recovery), "-s", "1", "-b", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pd.testing.assert_frame_equal(offline_frame(single), offline_frame(repo))
+    blobs = []
+    for part in recovery.glob("*.sqlite3"):
+        with sqlite3.connect(part) as db:
+            blobs += [pickle.loads(b) for (b,) in db.execute(
+                "SELECT ser_change FROM snaps WHERE step_id LIKE '%features_user_id' "
+                "AND ser_change IS NOT NULL")]
+    assert blobs and all(b != NO_SNAPSHOT for b in blobs), len(blobs)
 
 
 def test_kafka_partitions_of_uneven_size_are_exact_on_one_and_two_workers(kafka_mock, tmp_path):

@@ -30,8 +30,12 @@ from feast_bytewax.cli.main import cli
 from feast_bytewax.cli.options import given
 from feast_bytewax.cli.skew import command as skew_command
 from feast_bytewax.config import FlowConfig, LiveConfig, SkewConfig, load
-from feast_bytewax.dataflow.flow import build_flow
+from feast_bytewax.dataflow import step
+from feast_bytewax.dataflow.flow import build_flow, engine_config
 from feast_bytewax.dataflow.live import start_metrics, watch_slo
+from feast_bytewax.dataflow.step import MEASURE_INTERVAL_S, NO_SNAPSHOT, ShardLogic
+from feast_bytewax.engine.shard import ShardEngine
+from feast_bytewax.ingest.validate import validate_item
 from feast_bytewax.observability.freshness import FreshnessRecorder
 from feast_bytewax.observability.metrics import (
     FRESHNESS_ARRIVAL_SECONDS,
@@ -42,7 +46,7 @@ from feast_bytewax.observability.skew_metrics import skew_registry
 from feast_bytewax.observability.slo import FreshnessSLO
 from feast_bytewax.observability.state import STATE, StateGauges
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import FeatureRow
+from feast_bytewax.records import Event, FeatureRow
 from tests.flows.test_bytewax_flow import SPEC, make_stream
 
 
@@ -260,7 +264,7 @@ def test_state_gauges_after_a_snapshot_are_the_bytes_bytewax_stored(tmp_path):
     arrived, payloads, _ = make_stream(1, 400, 6, late_share=0.0)
     init_db_dir(tmp_path, 1)
     rows, dead = [], []
-    flow = build_flow("obs", FlowConfig(shards=4, watermark_delay=5), SPEC,
+    flow = build_flow("obs", FlowConfig(shards=4, watermark_delay=5, recovery_dir=tmp_path), SPEC,
                       TestingSource(payloads, batch_size=13), TestingSink(rows),
                       TestingSink(dead), FlowStats())
     cli_main(flow, epoch_interval=timedelta(seconds=0),
@@ -280,6 +284,35 @@ def test_state_gauges_after_a_snapshot_are_the_bytes_bytewax_stored(tmp_path):
     assert totals["keys"] == len({e["user_id"] for e in arrived}) == 6
     assert totals["bytes_per_key"] == pytest.approx(snapshot_bytes / 6)
     assert totals["buffered"] == 0  # the input ended: everything released
+
+
+def test_without_recovery_snapshots_are_empty_and_the_state_is_measured_now_and_then(
+        monkeypatch):
+    """No recovery: Bytewax still asks for a snapshot at every epoch end; the logic returns
+    `NO_SNAPSHOT` (no pickling), and the state is pickled to be measured only when its
+    measuring time is due: the gauge then shows the bytes a recovery snapshot would hold."""
+    _, payloads, _ = make_stream(1, 400, 6, late_share=0.0)
+    rows: list = []
+    monkeypatch.setattr(step.random, "uniform", lambda lo, hi: hi)  # first measure: 60 s on
+    flow = build_flow("obs_norec", FlowConfig(shards=1, watermark_delay=5), SPEC,
+                      TestingSource(payloads, batch_size=13), TestingSink(rows),
+                      TestingSink([]), FlowStats())
+    cli_main(flow, epoch_interval=timedelta(seconds=0))
+    assert rows and STATE.totals("user_id")["snapshot_bytes"] == 0  # never due in this run
+
+    engine = ShardEngine(SPEC, engine_config(FlowConfig(watermark_delay=5), 1), None)
+    gauges, g = private_gauges()
+    logic = ShardLogic(engine, None, "user_id", gauges=gauges, snapshots=False)
+    events = [validate_item(p, "t", 0, 10**18) for p, _ in payloads[:200]]
+    logic.on_batch([e for e in events if type(e) is Event])
+    logic._measure_due = float("inf")
+    assert logic.snapshot() == NO_SNAPSHOT and shown(g["snap"], "user_id") == 0
+    logic._measure_due = 0.0  # due now
+    assert logic.snapshot() == NO_SNAPSHOT
+    assert shown(g["snap"], "user_id") == len(engine.snapshot()) > 0
+    assert logic._measure_due > time.monotonic() + MEASURE_INTERVAL_S - 5
+    with_recovery = ShardLogic(engine, None, "user_id", gauges=gauges)
+    assert with_recovery.snapshot() == engine.snapshot() != NO_SNAPSHOT
 
 
 # -- (e) deploy/: dashboard and alert rules name only metrics we define -----------------------

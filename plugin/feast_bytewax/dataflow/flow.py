@@ -231,7 +231,8 @@ def build_flow(
         name = entity.join_key
         keyed = op.flat_map_batch(f"route_{name}", valid, _router(entity, shards, stats))
         step = FeatureStepConfig(entity, engine_config(cfg, partitions, emit_from), stats,
-                                 lifecycle, cfg.new_features, provisional)
+                                 lifecycle, cfg.new_features, provisional,
+                                 snapshots=cfg.recovery_dir is not None)
         out = op.stateful_batch(f"features_{name}", keyed, step.build)
         rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
         if isinstance(feature_sink, Sink):

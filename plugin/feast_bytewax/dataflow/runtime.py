@@ -1,6 +1,6 @@
 """What running a Bytewax flow in this process needs around `cli_main`: GC tuning, the
-recovery directory, signal handling, a progress ticker thread, and the one clean way to stop
-a run from inside it (`fatal_stop`)."""
+recovery directory (also the one Bytewax's own runner was given), signal handling, a
+progress ticker thread, and the one clean way to stop a run from inside it (`fatal_stop`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from typing import Any, NoReturn
 
 from bytewax.recovery import init_db_dir
 
+from feast_bytewax.dataflow._compat import runner_recovery_dir
+from feast_bytewax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +36,20 @@ def gc_frozen() -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+def with_runner_recovery(cfg: Any) -> Any:
+    """`cfg` (a `FlowConfig`) with the recovery directory of the ``python -m bytewax.run``
+    that runs this process (``-r DIR``), for the `dataflows/` entry points: the flow must know
+    whether its state is recovered (`dataflow.step` snapshots only then). One directory given
+    twice differently is an error."""
+    found = runner_recovery_dir()
+    if found is None:
+        return cfg
+    if cfg.recovery_dir is not None and cfg.recovery_dir.resolve() != found.resolve():
+        raise ConfigError(f"two recovery directories: bytewax.run -r {found} and "
+                          f"FEAST_BYTEWAX_RECOVERY_DIR={cfg.recovery_dir}; give one")
+    return cfg.model_copy(update={"recovery_dir": found})
 
 
 def ensure_recovery_dir(path: Path, partitions: int = 1) -> None:

@@ -8,7 +8,8 @@ slots of this process (Prometheus sums the processes: `sum by (entity)`):
 - `feast_bytewax_active_keys`: keys with state;
 - `feast_bytewax_buffered_events`: events waiting for the watermark;
 - `feast_bytewax_snapshot_bytes`: bytes of each shard's last recovery snapshot (taken at
-  every epoch under `--recovery-dir`; the restored one after a restart);
+  every epoch under `--recovery-dir`; the restored one after a restart; without recovery
+  the state pickled only to be measured, about once a minute per shard);
 - `feast_bytewax_state_bytes_per_key`: those bytes over the keys the snapshots held, what a
   key costs in the recovery store (and, roughly, in memory).
 
@@ -18,8 +19,7 @@ built (`dataflow.flow.build_flow`): the gauges describe the flow this process ru
 slots of an earlier run's logics (a test or a demo running flows one after another) no
 longer count, even if one of them reported late.
 
-Without `--recovery-dir` Bytewax still snapshots every epoch (the state is serialised and
-dropped): the bytes are then what a recovery store would hold.
+Without `--recovery-dir` the bytes are what a recovery store would hold (`dataflow.step`).
 """
 
 from __future__ import annotations
