@@ -6,9 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from feast_bytewax.ingest import validate
 from feast_bytewax.ingest.validate import REASON_CODES, from_record, parse_json
 from feast_bytewax.records import Event, Rejected, reason_code
 from feast_bytewax.timeutil import to_us
@@ -291,3 +295,50 @@ def test_validation_speed_smoke():
         parse_json(line, "o", NOW, HOUR)
     per_event = (time.perf_counter() - t) / n
     assert per_event < 50e-6
+
+
+# -- orjson first, the standard library on refusal: the same results -----------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers()
+    | st.integers(min_value=2**63, max_value=2**70) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=6)
+_fields = st.fixed_dictionaries(
+    {}, optional={"event_id": st.integers(-5, 2**64) | st.text(max_size=3) | st.floats(),
+                  "user_id": st.text(max_size=3) | st.integers(0, 3),
+                  "event_type": st.sampled_from(["view", "purchase", "login_ok", "x"]),
+                  "amount": st.floats(allow_nan=True, allow_infinity=True) | st.integers(),
+                  "category": st.text(max_size=3) | st.none(),
+                  "event_timestamp": st.sampled_from(
+                      ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "junk", "2026-01-01"])
+                  | st.integers()}) | _json_values
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_fields, garble=st.sampled_from(["", "x", "}", "\ufeff"]),
+       encoding=st.sampled_from(["utf-8", "utf-16", "str"]), surrogate=st.booleans())
+def test_orjson_decoding_gives_what_the_standard_library_gives(value, garble, encoding,
+                                                              surrogate):
+    """`parse_json` decodes with orjson and falls back to `json.loads` when orjson refuses:
+    every payload (NaN, > 64-bit ints, lone surrogates, UTF-16, BOMs, garbage) gets the event
+    or the rejection code the standard library alone gives."""
+    text = json.dumps(value)
+    if surrogate and text.startswith("{") and len(text) > 2:
+        text = text[:1] + '"s": "\\ud800", ' + text[1:]
+    text = garble + text if garble == "\ufeff" else text + garble
+    payload = text if encoding == "str" else text.encode(encoding, "surrogatepass")
+    now = to_us(datetime(2026, 1, 1, tzinfo=UTC))
+    fast = parse_json(payload, "o", now, 300_000_000)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(validate, "_fast_loads", _refuse)
+        slow = parse_json(payload, "o", now, 300_000_000)
+    if type(slow) is Event:
+        assert fast == slow
+    else:
+        assert type(fast) is Rejected and fast.code == slow.code, (fast, slow)
+
+
+def _refuse(payload):
+    raise orjson.JSONDecodeError("refused", "", 0)
