@@ -78,6 +78,16 @@ def latest_per_key(df: pd.DataFrame, key: str) -> pd.DataFrame:
     return ordered.drop_duplicates(key, keep="last").reset_index(drop=True)
 
 
+def latest_rows(rows: Iterable[FeatureRow]) -> list[FeatureRow]:
+    """`latest_per_key` over plain rows: the newest row of each key (on a tie, the last)."""
+    latest: dict[str, FeatureRow] = {}
+    for r in rows:
+        prev = latest.get(r.key)
+        if prev is None or r.event_timestamp >= prev.event_timestamp:
+            latest[r.key] = r
+    return list(latest.values())
+
+
 def feature_names(view: Any) -> list[str]:
     """A view's feature names without its join keys (a registry copy of a stream feature view
     lists the join key among its features)."""

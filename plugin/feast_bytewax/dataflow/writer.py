@@ -41,6 +41,7 @@ from feast_bytewax.dataflow.divergence import Divergence
 from feast_bytewax.dataflow.frames import (
     feature_names,
     latest_per_key,
+    latest_rows,
     nonnegative_seconds,
     rows_to_frame,
     source_targets,
@@ -136,6 +137,14 @@ class FeastWriter:
         self.views = resolve_views(store, spec)
         self._online_targets = (
             [view_target(v, spec.join_key) for v in self.views if v.online] if online else [])
+        # ... and one without a DataFrame (plain rows, one join key), where the store has it
+        write_values = getattr(getattr(self._provider, "online_store", None), "write_values",
+                               None)
+        slot = {name: i for i, name in enumerate(spec.feature_names)}
+        self._write_values = write_values if all(
+            len(t.view.entity_columns) == 1 for t in self._online_targets) else None
+        self._online_slots = [tuple(slot[n] for n in t.columns[2:])
+                              for t in self._online_targets]
         self._offline_targets = source_targets(self.views, spec) if offline else []
         folder_store = isinstance(store.config.offline_store, ParquetFolderOfflineStoreConfig)
         if self._offline_targets and not folder_store:
@@ -246,12 +255,22 @@ class FeastWriter:
             return
         started = time.perf_counter()
         oldest = min(r.event_timestamp for r in rows)
-        latest = latest_per_key(rows_to_frame(rows, self.spec), self.spec.join_key)
-        for target in self._online_targets:
-            frame = latest.loc[:, list(target.columns)].rename(columns=target.renames)
-            self.retry.call("online", lambda f=frame, v=target.view:
-                            self._online_write(v, f), oldest, self)
-            self.rows_online += len(frame)
+        if self._write_values is not None:
+            latest = latest_rows(rows)
+            keys = [r.key for r in latest]
+            stamps = [r.event_timestamp for r in latest]
+            for target, slots in zip(self._online_targets, self._online_slots, strict=True):
+                values = [tuple(r.values[i] for i in slots) for r in latest]
+                self.retry.call("online", lambda v=target.view, x=values: self._write_values(
+                    self.store.config, v, keys, stamps, x), oldest, self)
+                self.rows_online += len(latest)
+        else:
+            latest = latest_per_key(rows_to_frame(rows, self.spec), self.spec.join_key)
+            for target in self._online_targets:
+                frame = latest.loc[:, list(target.columns)].rename(columns=target.renames)
+                self.retry.call("online", lambda f=frame, v=target.view:
+                                self._online_write(v, f), oldest, self)
+                self.rows_online += len(frame)
         self._online = []  # kept until every target took them (a store that stays down)
         self._timed(started)
         if self.run_stats is not None:
