@@ -11,7 +11,6 @@ import logging
 import time
 
 import pytest
-from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from click.testing import CliRunner
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka import KafkaError as CKError
@@ -157,32 +156,47 @@ def test_stop_control_max_events_idle_and_request():
 # ---------------------------------------------------------------------------------------
 
 
+class FakeMessage:
+    """A confluent-kafka `Message` as far as the partition reads it."""
+
+    def __init__(self, offset: int, value, error: CKError | None = None) -> None:
+        self._offset, self._value, self._error = offset, value, error
+
+    def error(self):
+        return self._error
+
+    def offset(self):
+        return self._offset
+
+    def value(self):
+        return self._value
+
+
 class FakeConsumer:
-    def __init__(self, high: int) -> None:
+    """`consume` hands out the batches, then the end-of-partition event (as librdkafka does
+    with ``enable.partition.eof`` when not tailing)."""
+
+    def __init__(self, batches, high: int) -> None:
+        self.batches = list(batches)
         self.high = high
+
+    def consume(self, n: int, timeout: float):
+        if not self.batches:
+            return [FakeMessage(-1001, None, CKError(CKError._PARTITION_EOF, "end"))]
+        return self.batches.pop(0)
 
     def get_watermark_offsets(self, tp, cached=False):
         return (0, self.high)
 
 
 class FakeInner:
-    """Bytewax's `_KafkaSourcePartition` as far as the adapter uses it (including its habit
-    of taking the resume offset from the last item, errors included)."""
+    """Bytewax's `_KafkaSourcePartition` as far as the adapter uses it: its consumer and its
+    resume offset."""
 
     def __init__(self, batches, high: int = 0) -> None:
-        self.batches = list(batches)
         self._offset = OFFSET_BEGINNING
-        self._consumer = FakeConsumer(high)
+        self._consumer = FakeConsumer(batches, high)
         self.closed = False
-
-    def next_batch(self):
-        if not self.batches:
-            raise StopIteration
-        batch = self.batches.pop(0)
-        if batch:
-            self._offset = batch[-1].msg.offset + 1 if isinstance(batch[-1], KafkaError) \
-                else batch[-1].offset + 1
-        return batch
 
     def snapshot(self):
         return self._offset
@@ -191,19 +205,18 @@ class FakeInner:
         self.closed = True
 
 
-def msg(offset: int, value, partition: int = 3) -> KafkaSourceMessage:
-    return KafkaSourceMessage(key=b"u1", value=value, topic="ev", offset=offset,
-                              partition=partition)
+def msg(offset: int, value) -> FakeMessage:
+    return FakeMessage(offset, value)
 
 
-def err(code: int, fatal: bool = False) -> KafkaError:
-    return KafkaError(CKError(code, "boom", fatal=fatal), msg(-1001, None))
+def err(code: int, fatal: bool = False) -> FakeMessage:
+    return FakeMessage(-1001, None, CKError(code, "boom", fatal=fatal))
 
 
 def part(batches, stop=None, high=0):
     inner = FakeInner(batches, high)
     book = kf.ErrorBook("ev")
-    p = kf.EventPartition(inner, "ev", 3, stop or kf.StopControl(), book)
+    p = kf.EventPartition(inner, "ev", 3, stop or kf.StopControl(), book, batch_size=100)
     return p, inner, book
 
 
@@ -212,8 +225,10 @@ def test_partition_items_are_payload_and_topic_partition_offset():
     assert p.next_batch() == [(b'{"a": 1}', "ev/3/7"), (b"x", "ev/3/8")]
     assert p.snapshot() == 9 and p.lag == 0
     assert p.next_batch() == [] and p.next_awake() is not None  # idle: back off
+    assert p.next_batch() == []  # the end of the partition: input ends at the next call
     with pytest.raises(StopIteration):
         p.next_batch()
+    assert p.snapshot() == 9
     p.close()
     assert inner.closed
 
