@@ -42,7 +42,7 @@ from feast_bytewax.observability.stats import FlowStats
 from feast_bytewax.records import Event, FeatureRow, Late, Mark
 
 GAUGE_INTERVAL_S = 1.0
-MEASURE_INTERVAL_S = 60.0
+MEASURE_INTERVAL_S = 300.0
 NO_SNAPSHOT = b""
 
 

@@ -25,7 +25,6 @@ Its counters and late records are not reported (the exact engine's are the run's
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
@@ -42,10 +41,10 @@ def provisional_config(exact: EngineConfig) -> EngineConfig:
 
 def _own(ev: Event) -> Event:
     """A copy for the provisional engine: a temporal join records what it joined on the event
-    itself, and the two engines join at different times."""
-    c = copy.copy(ev)
-    c.joined = None
-    return c
+    itself, and the two engines join at different times. (Built field by field: `copy.copy`
+    of a slotted dataclass goes through `__reduce_ex__`, 3x slower.)"""
+    return Event(ev.event_id, ev.user_id, ev.event_type, ev.amount, ev.category,
+                 ev.event_timestamp, ev.origin, ev.extra, ev.part, ev.frontier)
 
 
 class ProvisionalRows:
@@ -62,14 +61,16 @@ class ProvisionalRows:
             # the killed engine wrote before this point, and the restored state wins.
             self.engine.config = replace(self.engine.config, emit_from=w)
         self.copy_events = bool(exact.cs.joins)
+        self._needs_join = self.engine.cs.needs_join
 
     def _rows(self, out: list[FeatureRow | Late]) -> list[FeatureRow]:
         return [FeatureRow(r.key, r.event_timestamp, r.values, PROVISIONAL)
                 for r in out if type(r) is FeatureRow]
 
     def ingest(self, items: list) -> list[FeatureRow]:
-        if self.copy_events:
-            items = [_own(x) if type(x) is Event else x for x in items]
+        if self.copy_events:  # only the events a join will write on (the others are shared)
+            needs = self._needs_join
+            items = [_own(x) if type(x) is Event and needs(x) else x for x in items]
         return self._rows(self.engine.ingest(items))
 
     def finish(self) -> list[FeatureRow]:

@@ -14,10 +14,10 @@ on time in its own partition is never judged against a later state of that parti
   (live runs) report a frontier that advances with their idle wall-clock time, minus delay.
 - The watermark never moves backwards (a restart may report lower frontiers for a while).
 
-`advance` is called per event: raising a partition that is not the slowest one cannot move
-the minimum, so the common case is O(1); only the slowest partition's events recompute,
-except when it is the only active one (a single input, or the others done or idle): then
-its frontier is the minimum, O(1) again.
+`advance` is called per event (and `mark` per partition mark, in every shard): raising a
+partition that is not the slowest one cannot move the minimum, so the common case is O(1);
+only the slowest partition's events recompute, except when it is the only active one (a
+single input, or the others done or idle): then its frontier is the minimum, O(1) again.
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ class PartitionWatermarks:
     def mark(self, part: int, frontier: int | None, state: str) -> int | None:
         """A partition's progress report (`Mark`); returns the watermark."""
         cur = self.frontier[part]
+        if (state == ACTIVE and self.state[part] == ACTIVE and cur is not None
+                and part != self.sole and self.floor is not None):
+            if frontier is None or frontier <= cur:
+                return self.wm  # no news
+            if cur > self.floor:  # not the slowest partition: the minimum cannot move
+                self.frontier[part] = frontier
+                return self.wm
         if frontier is not None and (cur is None or frontier > cur):
             self.frontier[part] = frontier
         self.state[part] = state

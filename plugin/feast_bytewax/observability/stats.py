@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from feast_bytewax.observability.metrics import ENTITY_COUNTERS, PROM_ENTITY, PROM_RUN
 
@@ -29,6 +30,10 @@ class FlowStats:
     rows_online: int = 0
     entities: dict[str, dict[str, int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # (counter, entity) -> its labelled child: `labels()` takes a lock and builds a key per
+    # call, and every shard reports after every batch
+    _children: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False,
+                                                  compare=False)
 
     def declare(self, entities: Iterable[str]) -> None:
         """Name the entity steps of the run (so a silent one still shows zeros)."""
@@ -49,7 +54,11 @@ class FlowStats:
             for name, value in deltas.items():
                 if value:
                     row[name] += value
-                    PROM_ENTITY[name].labels(entity=entity).inc(value)
+                    child = self._children.get((name, entity))
+                    if child is None:
+                        child = self._children[name, entity] = PROM_ENTITY[name].labels(
+                            entity=entity)
+                    child.inc(value)
 
     def _total(self, name: str) -> int:
         return sum(row[name] for row in self.entities.values())
