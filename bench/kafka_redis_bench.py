@@ -1,14 +1,27 @@
 """Kafka -> the live flow -> Redis, end to end (issue 11; issue 3 item 7's per-event push
 baseline too).
 
-    .venv/bin/python -m bench.kafka_redis_bench [--rev REV] [--events N]
+Issue 11's figures, in one run, for today's main (the base) and the code measured:
+
+    .venv/bin/python -m bench.kafka_redis_bench [--against c5a0d23] [--rev REV]
+        [--events 300000] [--max-repeat 3] [--rates auto] [--rate-seconds 20]
+
+measures, for the base revision and for the working tree (or ``--rev``), alternating the two
+within the run (bench/kafka_redis_issue11.py): max events/s on one worker (median of
+``--max-repeat`` runs, interleaved, the same events for both); freshness p50 / p99 at half
+the new revision's max (both revisions offered the SAME rate; event time -> readable in
+Redis); offline rows == the reference for every phase; events/s with 2 processes vs 1.
+Every flow runs the product's defaults of its revision (watermark delay from the repo's
+KafkaSource, flush intervals, online rows mode ...): the bench sets no LiveConfig field
+that tunes the flow unless ``--delay`` / ``--flush`` / ``--epoch`` / ``--batch-size`` /
+``--live NAME=VALUE`` override it (for both revisions). Prints a markdown table (new, base,
+new / base, the issue's targets); writes bench/out/kafka_redis_issue11.json.
+
+One revision only (what each of those runs is):
+
+    .venv/bin/python -m bench.kafka_redis_bench --against none [--rev REV] [--events N]
         [--max-repeat 3] [--max-first 0] [--rates auto,20000] [--cluster]
         [--baseline-events 1000] [--profile] [--no-check] [--corrupt-check]
-
-Every flow runs the product's defaults of the revision measured (watermark delay from the
-repo's KafkaSource, flush intervals, online rows mode ...): the bench sets no LiveConfig
-field that tunes the flow unless ``--delay`` / ``--flush`` / ``--epoch`` / ``--batch-size``
-/ ``--live NAME=VALUE`` override it.
 
 Everything runs on this machine and is started and stopped here:
 
@@ -918,6 +931,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", default="c5a0d23",
+                   help="base revision: every measurement is made for it and for the working "
+                        "tree (or --rev), alternating (bench.kafka_redis_issue11); 'none': "
+                        "measure one revision only")
     p.add_argument("--events", type=int, default=300_000, help="events of a max run")
     p.add_argument("--max-repeat", type=int, default=3, help="max runs (median used)")
     p.add_argument("--max-first", type=int, default=0,
@@ -947,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-event pushes to the online store only, for reference (0: skip)")
     p.add_argument("--cluster", action="store_true",
                    help="the cluster phase: 1 process vs 2 (bench.kafka_redis_cluster)")
+    p.add_argument("--no-cluster", action="store_true",
+                   help="with --against: skip the cluster measurement")
     p.add_argument("--cluster-events", type=int, help="events of the cluster phase "
                                                       "(default --events)")
     p.add_argument("--no-check", action="store_true",
@@ -962,6 +981,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kafka_option is None:
         args.kafka_option = ["fetch.wait.max.ms=10"]
+    if args.against and args.against.lower() != "none":
+        from bench.kafka_redis_issue11 import compare
+
+        return compare(args)
     if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
         p.error("--profile needs py-spy next to this interpreter (.venv/bin/pip install py-spy)")
 
