@@ -934,7 +934,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", default="c5a0d23",
                    help="base revision: every measurement is made for it and for the working "
                         "tree (or --rev), alternating (bench.kafka_redis_issue11); 'none': "
-                        "measure one revision only")
+                        "measure one revision only (--baseline-events, --profile and "
+                        "--cluster apply to that mode only)")
     p.add_argument("--events", type=int, default=300_000, help="events of a max run")
     p.add_argument("--max-repeat", type=int, default=3, help="max runs (median used)")
     p.add_argument("--max-first", type=int, default=0,
