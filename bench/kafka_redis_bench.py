@@ -1,8 +1,27 @@
-"""Kafka -> the live flow -> Redis, end to end, against per-event `store.push` (issue 3 item 7).
+"""Kafka -> the live flow -> Redis, end to end (issue 11; issue 3 item 7's per-event push
+baseline too).
 
-    .venv/bin/python -m bench.kafka_redis_bench [--events 300000] [--max-repeat 3]
-        [--rates 25000,25000,10000] [--delay 0.25] [--flush 0.1] [--baseline-events 1000]
-        [--profile]
+Issue 11's figures, in one run, for today's main (the base) and the code measured:
+
+    .venv/bin/python -m bench.kafka_redis_bench [--against c5a0d23] [--rev REV]
+        [--events 300000] [--max-repeat 3] [--rates auto] [--rate-seconds 20]
+
+measures, for the base revision and for the working tree (or ``--rev``), alternating the two
+within the run (bench/kafka_redis_issue11.py): max events/s on one worker (median of
+``--max-repeat`` runs, interleaved, the same events for both); freshness p50 / p99 at half
+the new revision's max (both revisions offered the SAME rate; event time -> readable in
+Redis); offline rows == the reference for every phase; events/s with 2 processes vs 1.
+Every flow runs the product's defaults of its revision (watermark delay from the repo's
+KafkaSource, flush intervals, online rows mode ...): the bench sets no LiveConfig field
+that tunes the flow unless ``--delay`` / ``--flush`` / ``--epoch`` / ``--batch-size`` /
+``--live NAME=VALUE`` override it (for both revisions). Prints a markdown table (new, base,
+new / base, the issue's targets); writes bench/out/kafka_redis_issue11.json.
+
+One revision only (what each of those runs is):
+
+    .venv/bin/python -m bench.kafka_redis_bench --against none [--rev REV] [--events N]
+        [--max-repeat 3] [--max-first 0] [--rates auto,20000] [--cluster]
+        [--baseline-events 1000] [--profile] [--no-check] [--corrupt-check]
 
 Everything runs on this machine and is started and stopped here:
 
@@ -14,14 +33,17 @@ Everything runs on this machine and is started and stopped here:
   ~5 MiB: compression and 8 partitions keep every pre-produced event; the bench checks the
   low watermarks). The mock broker answers a fetch only when `fetch.wait.max.ms` (500 ms)
   runs out, not when data arrives as Kafka does (0-500 ms of added latency, p50 ~270 ms
-  measured), so the flow's consumers get ``fetch.wait.max.ms=10`` (`--kafka-option`).
-- Redis: a real `redis-server` on a free loopback port (tests/services.py).
-- Feast: a temp repo configured like feature_store.redis.yaml (FastRedisProvider +
-  FastRedisOnlineStore on that server; the parquet-folder offline store, in the temp dir).
+  measured), so the flow's consumers get ``fetch.wait.max.ms=10`` (`--kafka-option`): an
+  environment correction, not tuning. The producer writes the event time it stamped on
+  each message (``--stamps``), so every phase knows exactly which events it produced.
+- Redis: a real `redis-server` on a free loopback port (tests/services.py), emptied
+  (FLUSHALL) before every phase.
+- Feast: a repo configured like feature_store.redis.yaml (FastRedisProvider +
+  FastRedisOnlineStore on that server; the parquet-folder offline store), applied once and
+  copied fresh for every phase: each phase has its own clean offline store.
 
-Runs, each on its own topic; the flow is `feast_bytewax.dataflow.live.build_live_flow` run
-by Bytewax's `cli_main` with ONE worker (as `feast-bytewax run` does; epoch 2 s, recovery
-off):
+Phases, each on its own topic; the flow is `feast_bytewax.dataflow.live.build_live_flow` run
+by Bytewax's `cli_main` with ONE worker (as `feast-bytewax run` does; recovery off):
 
 1. **max** (`--max-repeat` times): `--events` events pre-produced, stamped `--stamp-rate`
    (50k) events per second of event time ending now, then consumed as fast as possible.
@@ -33,19 +55,26 @@ off):
    the latest row per key of every flush (`observability.freshness.FreshnessRecorder`,
    every sample kept), after `--warmup` seconds. Backlog = events offered so far - events
    read.
-3. **baseline**: `--baseline-events` events read from Kafka by a plain consumer; per event a
+3. **cluster** (`--cluster`): 1 process vs 2 processes of `dataflows.live` under
+   `bytewax.run` over one pre-produced topic (bench/kafka_redis_cluster.py).
+4. **baseline**: `--baseline-events` events read from Kafka by a plain consumer; per event a
    naive feature computation (the user's five features recomputed from their kept history)
    and one `store.push(push_source, one-row frame, to=ONLINE_AND_OFFLINE)`; then, for
    reference, `--baseline-online-events` pushes `to=ONLINE` only.
-4. `--profile`: one more max run (`--profile-events`) sampled by py-spy
+5. `--profile`: one more max run (`--profile-events`) sampled by py-spy
    (``.venv/bin/pip install py-spy``); prints the share of samples per part of the flow
    (the first frame from the leaf up that belongs to source / validate / engine / sink /
    ...) and the top functions by own time. py-spy slows the run: read shares, not rates.
 
+After every max, rate and cluster run its offline rows are compared with the reference for
+exactly the events it produced (bench/kafka_redis_checks.py): ``offline == reference: yes
+(N rows)`` or ``NO (k mismatches ...)``; ``--corrupt-check`` drops a row and changes a value
+before comparing, to show the check fails.
+
 Every run also reports the CPU used meanwhile by the flow process, the mock broker, the
 producer, redis-server and the rest of the machine, and the worker thread's time on a CPU
 and waiting for one (/proc schedstat): on a shared machine that says how much of a core
-the flow got. Prints markdown tables; writes bench/out/kafka_redis.json.
+the flow got. Prints markdown tables; writes bench/out/kafka_redis.json (``--out``).
 """
 
 from __future__ import annotations
@@ -220,8 +249,10 @@ def produce_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rate", type=float, default=0.0)
     p.add_argument("--stamp-rate", type=float, default=50_000.0)
+    p.add_argument("--stamps", type=Path, help="write the event time (us) of every event sent")
     a = p.parse_args(argv)
     n = a.events
+    stamps = np.zeros(n, dtype=np.int64)
     payloads = _Payloads(n, a.users, a.seed)
     producer = Producer({"bootstrap.servers": a.bootstrap, "linger.ms": 5,
                          "compression.type": "lz4", "batch.num.messages": 10_000,
@@ -231,6 +262,7 @@ def produce_main(argv: list[str]) -> int:
     failed = [0]
 
     def send(i: int, ts: int) -> None:
+        stamps[i] = ts
         while True:
             try:
                 producer.produce(a.topic, payloads.message(i, ts), payloads.keys[i])
@@ -267,6 +299,8 @@ def produce_main(argv: list[str]) -> int:
             producer.poll(0)
     produced_s = time.perf_counter() - t0
     left = producer.flush(60)
+    if a.stamps:
+        np.save(a.stamps, stamps)
     print(json.dumps({"events": n, "produce_seconds": round(produced_s, 3),
                       "rate": round(n / produced_s, 1), "undelivered": left + failed[0],
                       "max_behind_s": round(behind_max, 4),
@@ -275,10 +309,11 @@ def produce_main(argv: list[str]) -> int:
 
 
 def start_producer(bootstrap: str, topic: str, n: int, args, rate: float = 0.0,
-                   seed: int = 7) -> subprocess.Popen:
+                   seed: int = 7, stamps: Path | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "bench.kafka_redis_bench", "_produce", "--bootstrap",
            bootstrap, "--topic", topic, "--events", str(n), "--users", str(args.users),
-           "--seed", str(seed), "--rate", str(rate), "--stamp-rate", str(args.stamp_rate)]
+           "--seed", str(seed), "--rate", str(rate), "--stamp-rate", str(args.stamp_rate),
+           *(("--stamps", str(stamps)) if stamps else ())]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True)
     if proc.stdout.readline().strip() != "ready":
@@ -298,9 +333,11 @@ def finish_producer(proc: subprocess.Popen, timeout: float = 120.0) -> dict:
     return result
 
 
-def preproduce(broker: Broker, topic: str, n: int, args, seed: int) -> dict:
+def preproduce(broker: Broker, topic: str, n: int, args, seed: int,
+               stamps: Path | None = None) -> dict:
     """Produce n events before the flow starts and check the mock kept every one."""
-    result = finish_producer(start_producer(broker.bootstrap, topic, n, args, seed=seed))
+    result = finish_producer(start_producer(broker.bootstrap, topic, n, args, seed=seed,
+                                            stamps=stamps))
     marks = broker.low_watermarks(topic)
     lost = sum(lo for lo, _ in marks.values())
     total = sum(hi - lo for lo, hi in marks.values())
@@ -407,21 +444,23 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     # imported here, not at the top: main() first pins which feast_bytewax is measured
     from bytewax.run import cli_main
 
+    from bench.kafka_redis_cluster import live_overrides, live_settings
     from feast_bytewax.config import LiveConfig
     from feast_bytewax.dataflow.live import build_live_flow
     from feast_bytewax.dataflow.runtime import gc_frozen
     from feast_bytewax.observability.metrics import FRESHNESS_SECONDS, KAFKA_LAG
     from feast_bytewax.observability.stats import FlowStats
 
+    # the product's defaults unless --delay / --flush / --live ... override a setting
+    overrides = live_overrides(args)
     cfg = LiveConfig(repo=repo, source=f"kafka://{broker.bootstrap}/{topic}",
-                     watermark_delay=args.delay, flush_interval=args.flush,
-                     batch_size=args.batch_size,
                      dead_letters=repo / "data" / f"dead-{name}.jsonl",
-                     max_events=n, idle_exit=args.idle_exit, epoch_interval=args.epoch,
-                     kafka_option=tuple(args.kafka_option))
+                     max_events=n, idle_exit=args.idle_exit,
+                     kafka_option=tuple(args.kafka_option), **overrides)
     stats = FlowStats()
     fresh = FreshnessSamples(FRESHNESS_SECONDS)
     flow, parts = build_live_flow(cfg, stats, spec)
+    epoch = parts.cfg.epoch_interval
     samples: list[tuple[float, int, int, float, float, int, int]] = []
     worker = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
 
@@ -474,8 +513,7 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     ticker.start()
     try:
         with fresh, gc_frozen():
-            cli_main(flow, workers_per_process=1,
-                     epoch_interval=timedelta(seconds=args.epoch))
+            cli_main(flow, workers_per_process=1, epoch_interval=timedelta(seconds=epoch))
     finally:
         t_end = time.perf_counter()
         cpu = time.process_time() - cpu0
@@ -505,7 +543,8 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
         steady = (b[1] - a[1]) / (b[0] - a[0])
         steady_cpu = (b[4] - a[4])
     out = {
-        "phase": name, "events": n, "consumed": d["consumed"], "late": d["late"],
+        "phase": name, "settings": live_settings(parts.cfg), "overrides": overrides,
+        "events": n, "consumed": d["consumed"], "late": d["late"],
         "rejected": d["rejected"], "corrections": d["corrections"], "rows": d["rows"],
         "rows_offline": d["rows_offline"],
         "rows_online": d["rows_online"], "seconds_total": round(t_end - t0, 3),
@@ -549,9 +588,10 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
 def phase_max(broker: Broker, repo: Path, spec, args, name: str, n: int, seed: int,
               pyspy_out: Path | None = None) -> dict:
     topic = broker.topic(f"{name}-events", args.partitions)
-    prod = preproduce(broker, topic, n, args, seed)
+    stamps = repo.parent / f"{name}.stamps.npy"
+    prod = preproduce(broker, topic, n, args, seed, stamps)
     res = run_phase(name, broker, topic, n, repo, spec, args, pyspy_out=pyspy_out)
-    res["producer"] = prod
+    res.update(producer=prod, seed=seed, stamps_file=str(stamps))
     return res
 
 
@@ -559,9 +599,17 @@ def phase_rate(broker: Broker, repo: Path, spec, args, rate: float, seed: int,
                name: str) -> dict:
     n = int(rate * args.rate_seconds)
     topic = broker.topic(f"{name}-events", args.partitions)
-    producer = start_producer(broker.bootstrap, topic, n, args, rate=rate, seed=seed)
+    stamps = repo.parent / f"{name}.stamps.npy"
+    producer = start_producer(broker.bootstrap, topic, n, args, rate=rate, seed=seed,
+                              stamps=stamps)
     try:
         res = run_phase(name, broker, topic, n, repo, spec, args, producer=producer)
+    except RuntimeError as e:
+        lost = sum(lo for lo, _ in broker.low_watermarks(topic).values())
+        if lost:  # the flow fell so far behind that the mock's partitions overflowed
+            raise RuntimeError(f"{e}; mock Kafka dropped {lost} unread events of {topic} "
+                               "(each partition keeps ~5 MiB): lower --rate-seconds") from e
+        raise
     finally:
         if producer.poll() is None and producer.stdin and not producer.stdin.closed:
             with contextlib.suppress(Exception):
@@ -577,7 +625,7 @@ def phase_rate(broker: Broker, repo: Path, spec, args, rate: float, seed: int,
         res["worker_on_cpu_share"] = round((b[5] - a[5]) / 1e9 / (b[0] - a[0]), 3)
         res["worker_runqueue_share"] = round((b[6] - a[6]) / 1e9 / (b[0] - a[0]), 3)
     res["offered_rate"] = rate
-    res["producer"] = prod
+    res.update(producer=prod, seed=seed, stamps_file=str(stamps))
     res["achieved_rate"] = prod["rate"]
     # backlog = offered so far - consumed (events produced but not yet validated)
     res["max_backlog_events"] = round(max((b for _, b in behind), default=0.0))
@@ -800,11 +848,19 @@ def _f(x: float | None, digits: int = 0) -> str:
 
 
 def report(results: dict) -> str:
+    from bench.kafka_redis_checks import verdict
+    from bench.kafka_redis_cluster import cluster_report
+
+    if not results["phases"]:
+        return "\n".join(cluster_report(results["cluster"])) if results.get("cluster") else ""
+    first = results["phases"][0]
     lines = [
+        f"Flow settings: {first.get('settings')} (set here: {first.get('overrides') or 'none'})",
+        "",
         "| run | offered events/s | events/s | events/CPU-s | freshness p50 / p99 / max (s) "
         "| backlog max (events) | worker thread on CPU / waiting for CPU "
-        "| offline rows/event | online key-writes/event | vs baseline |",
-        "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
+        "| offline rows/event | online key-writes/event | vs baseline | offline == reference |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | --- |",
     ]
     b = results.get("baseline")
     base = b["events_per_s"] if b else None
@@ -828,21 +884,22 @@ def report(results: dict) -> str:
         ratio = f"{rate / base:,.0f}x" if base else "-"
         lines.append(
             f"| {r['phase']} | {offered} | {_f(rate)} | {cpu} | {fresh} | {backlog} | {busy} | "
-            f"{r['rows_offline'] / ev:.3f} | {r['rows_online'] / ev:.3f} | {ratio} |")
+            f"{r['rows_offline'] / ev:.3f} | {r['rows_online'] / ev:.3f} | {ratio} | "
+            f"{verdict(r.get('offline_check'))} |")
     if b:
         lines.append(
             f"| baseline: per-event push, online+offline | max ({b['events']:,} pre-produced) "
             f"| {_f(b['events_per_s'], 1)} | {_f(b['events_per_cpu_s'], 1)} | push p50 "
             f"{b['push_ms']['p50']} ms / p99 {b['push_ms']['p99']} ms | - | - | "
             f"{b['rows_offline'] / b['events']:.3f} | {b['rows_online'] / b['events']:.3f} | "
-            "1x |")
+            "1x | - |")
         o = b.get("online_only")
         if o:
             lines.append(
                 f"| (reference) per-event push, online only | max ({o['events']:,} "
                 f"pre-produced) | {_f(o['events_per_s'], 1)} | {_f(o['events_per_cpu_s'], 1)} "
                 f"| push p50 {o['push_ms']['p50']} ms / p99 {o['push_ms']['p99']} ms | - | - "
-                f"| 0 | 1.000 | {o['events_per_s'] / base:.1f}x |")
+                f"| 0 | 1.000 | {o['events_per_s'] / base:.1f}x | - |")
     lines += [
         "",
         "CPU during each flow run (cores = CPU seconds / wall seconds; others = the rest of "
@@ -858,6 +915,8 @@ def report(results: dict) -> str:
             f"| {r['phase']} | {c['wall_s']} | {c['flow_process_cores']} | "
             f"{c['broker_cores']} | {c['producer_cores']} | {c['redis_cores']} | "
             f"{c['others_cores']} | {r['evalsha_calls']:,} | {r['offline_part_files']:,} |")
+    if results.get("cluster"):
+        lines += ["", *cluster_report(results["cluster"])]
     return "\n".join(lines)
 
 
@@ -872,19 +931,28 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", default="c5a0d23",
+                   help="base revision: every measurement is made for it and for the working "
+                        "tree (or --rev), alternating (bench.kafka_redis_issue11); 'none': "
+                        "measure one revision only (--baseline-events, --profile and "
+                        "--cluster apply to that mode only)")
     p.add_argument("--events", type=int, default=300_000, help="events of a max run")
     p.add_argument("--max-repeat", type=int, default=3, help="max runs (median used)")
+    p.add_argument("--max-first", type=int, default=0,
+                   help="index of the first max run (its seed: 7 + 100 x index)")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--partitions", type=int, default=8)
-    p.add_argument("--rates", default="25000,25000,10000",
+    p.add_argument("--rates", default="auto",
                    help="offered rates, comma-separated; auto = half the measured max")
     p.add_argument("--rate-seconds", type=float, default=20.0)
     p.add_argument("--stamp-rate", type=float, default=50_000.0,
                    help="event-time density of pre-produced events (events per second)")
-    p.add_argument("--delay", type=float, default=0.25, help="watermark delay (s)")
-    p.add_argument("--flush", type=float, default=0.1, help="sink flush interval (s)")
-    p.add_argument("--epoch", type=float, default=2.0, help="epoch interval (s), as the CLI")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--delay", type=float, help="watermark delay, s (default: the product's)")
+    p.add_argument("--flush", type=float, help="sink flush interval, s (default: the product's)")
+    p.add_argument("--epoch", type=float, help="epoch interval, s (default: the product's)")
+    p.add_argument("--batch-size", type=int, help="records per read (default: the product's)")
+    p.add_argument("--live", action="append", metavar="NAME=VALUE",
+                   help="any other LiveConfig field (e.g. online_rows=provisional)")
     p.add_argument("--warmup", type=float, default=2.0,
                    help="seconds after the producer starts excluded from freshness")
     p.add_argument("--idle-exit", type=float, default=20.0)
@@ -895,6 +963,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-events", type=int, default=1000)
     p.add_argument("--baseline-online-events", type=int, default=300,
                    help="per-event pushes to the online store only, for reference (0: skip)")
+    p.add_argument("--cluster", action="store_true",
+                   help="the cluster phase: 1 process vs 2 (bench.kafka_redis_cluster)")
+    p.add_argument("--no-cluster", action="store_true",
+                   help="with --against: skip the cluster measurement")
+    p.add_argument("--cluster-events", type=int, help="events of the cluster phase "
+                                                      "(default --events)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the offline == reference checks")
+    p.add_argument("--corrupt-check", action="store_true",
+                   help="drop one offline row and change one value before each check (shows "
+                        "that the check reports NO)")
     p.add_argument("--profile", action="store_true", help="py-spy run of the max phase")
     p.add_argument("--profile-events", type=int, default=300_000)
     p.add_argument("--rev", help="measure plugin/ as of this git revision (e.g. HEAD), "
@@ -903,6 +982,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.kafka_option is None:
         args.kafka_option = ["fetch.wait.max.ms=10"]
+    if args.against and args.against.lower() != "none":
+        from bench.kafka_redis_issue11 import compare
+
+        return compare(args)
     if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
         p.error("--profile needs py-spy next to this interpreter (.venv/bin/pip install py-spy)")
 
@@ -910,12 +993,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.run_bench import pin_source
 
     code, definitions = pin_source(argparse.Namespace(rev=args.rev, out=OUT),
-                                   ("feature_store.redis.yaml",))
+                                   ("feature_store.redis.yaml", "dataflows"))
     import feast_bytewax
 
     if not args.rev and not Path(feast_bytewax.__file__).resolve().is_relative_to(
             ROOT / "plugin"):
         code = f"feast_bytewax from {Path(feast_bytewax.__file__).parent} (PYTHONPATH)"
+    from bench.kafka_redis_checks import check_phase, verdict
+    from bench.kafka_redis_cluster import phase_cluster
     from feast_bytewax.dataflow.repo import apply_repo
     from tests.services import running_redis
 
@@ -928,33 +1013,52 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with running_redis() as redis_server, tempfile.TemporaryDirectory() as tmp:
             os.environ["FEAST_REDIS"] = redis_server.connection_string
-            repo = Path(tmp) / "repo"  # feast_repo/ + the Redis yaml of what is measured
-            shutil.copytree(definitions / "feast_repo", repo / "feast_repo",
+            template = Path(tmp) / "template"  # feast_repo/ + the Redis yaml measured
+            shutil.copytree(definitions / "feast_repo", template / "feast_repo",
                             ignore=shutil.ignore_patterns("__pycache__"))
-            shutil.copy(definitions / "feature_store.redis.yaml", repo / "feature_store.yaml")
-            spec = apply_repo(repo)  # the compiled FlowSpec of every entity
+            shutil.copy(definitions / "feature_store.redis.yaml",
+                        template / "feature_store.yaml")
+            spec = apply_repo(template)  # the compiled FlowSpec of every entity
             _REDIS_CLIENT.append(redis_server.client())
             print(f"mock Kafka {broker.bootstrap}, redis {redis_server.connection_string}, "
-                  f"repo {repo}", flush=True)
+                  f"repos under {tmp}", flush=True)
+
+            def fresh_repo(name: str) -> Path:
+                """A copy of the applied repo (empty offline store) and an emptied Redis."""
+                repo = Path(tmp) / name / "repo"
+                shutil.copytree(template, repo)
+                redis_server.flushall()
+                return repo
+
+            def checked(res: dict, repo: Path) -> None:
+                if not args.no_check:
+                    res["offline_check"] = check_phase(res, repo, spec, args)
+                    print(f"  {res['phase']}: offline == reference: "
+                          f"{verdict(res['offline_check'])}", flush=True)
 
             rates = []
-            for k in range(args.max_repeat):
-                res = phase_max(broker, repo, spec, args, f"max{k + 1}", args.events,
-                                seed=7 + 100 * k)
+            for k in range(args.max_first, args.max_first + args.max_repeat):
+                name = f"max{k + 1}"
+                repo = fresh_repo(name)
+                res = phase_max(broker, repo, spec, args, name, args.events, seed=7 + 100 * k)
                 results["phases"].append(res)
                 rates.append(res["events_per_s_steady"] or res["events_per_s_end_to_end"])
-                print(f"max{k + 1}: {rates[-1]:,.0f} events/s steady "
+                print(f"{name}: {rates[-1]:,.0f} events/s steady "
                       f"({res['events_per_worker_cpu_s'] or 0:,.0f} per worker CPU-second), "
                       f"{res['events_per_s_end_to_end']:,.0f} first record -> end", flush=True)
-            max_rate = float(np.median(rates))
+                checked(res, repo)
+            max_rate = float(np.median(rates)) if rates else None
             results["max_rate_median"] = max_rate
             names: Counter[str] = Counter()
             for i, item in enumerate(x for x in args.rates.split(",") if x.strip()):
+                if item.strip() == "auto" and max_rate is None:
+                    p.error("--rates auto needs a max run (--max-repeat >= 1)")
                 rate = round(max_rate / 2, -2) if item.strip() == "auto" else float(item)
                 name = f"rate{int(rate)}"
                 names[name] += 1
                 if names[name] > 1:
                     name += f"-{names[name]}"
+                repo = fresh_repo(name)
                 res = phase_rate(broker, repo, spec, args, rate, seed=11 + i, name=name)
                 results["phases"].append(res)
                 fr = res["freshness_after_warmup"]
@@ -962,15 +1066,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"freshness p50 {fr['p50']} p99 {fr['p99']} max {fr['max']}, backlog "
                       f"max {res['max_backlog_after_warmup']:,}, kept up {res['kept_up']}",
                       flush=True)
+                checked(res, repo)
+            if args.cluster:
+                results["cluster"] = phase_cluster(broker, fresh_repo, spec, args, definitions)
             if args.baseline_events:
-                results["baseline"] = phase_baseline(broker, repo, args, seed=13)
+                results["baseline"] = phase_baseline(broker, fresh_repo("baseline"), args,
+                                                     seed=13)
                 print(f"baseline: {results['baseline']['events_per_s']:,.0f} events/s",
                       flush=True)
             if args.profile:
                 spy = OUT / "kafka_redis_pyspy.txt"
                 OUT.mkdir(parents=True, exist_ok=True)
-                res = phase_max(broker, repo, spec, args, "profile", args.profile_events,
-                                seed=17, pyspy_out=spy)
+                res = phase_max(broker, fresh_repo("profile"), spec, args, "profile",
+                                args.profile_events, seed=17, pyspy_out=spy)
                 results["profile_run"] = res
                 if spy.exists():
                     results["profile"] = summarize_pyspy(spy)

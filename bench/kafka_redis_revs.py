@@ -6,11 +6,13 @@
 `bench.kafka_redis_bench` measures one revision per call (`--rev`: plugin/, feast_repo/ and
 feature_store.redis.yaml of that commit; its own mock broker, redis-server and repo). This
 calls it once per (round, revision), revisions in turn within each round, with only the
-max phase (`--rates "" --baseline-events 0`), and tables the steady events/s of every max
-run (each call's runs use seeds 7, 107, ...: the same events for every revision), their
-median and range per revision, the ratio of the medians against the first revision, and
-the worker's events per CPU-second. Why: the issue 9 target (the idempotent-write path
-costs <= 15% of Kafka -> Redis throughput) needs both sides on the same machine state.
+max phase (`--against none --rates "" --baseline-events 0`; the flow's own default
+settings since bench-s14, no longer a 0.25 s delay and 0.1 s flush), and tables the
+steady events/s of every max run (each call's runs use seeds 7, 107, ...: the same events
+for every revision), their median and range per revision, the ratio of the medians against
+the first revision, and the worker's events per CPU-second. Why: the issue 9 target (the
+idempotent-write path costs <= 15% of Kafka -> Redis throughput) needs both sides on the
+same machine state.
 Writes OUT/kafka_redis_revs.json.
 """
 
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         for rev in revs:
             res = out / f"{rev}_{i}.json"
-            cmd = [sys.executable, "-m", "bench.kafka_redis_bench", "--rev", rev, "--rates", "",
+            cmd = [sys.executable, "-m", "bench.kafka_redis_bench", "--against", "none",
+                   "--rev", rev, "--rates", "",
                    "--baseline-events", "0", "--events", str(args.events),
                    "--max-repeat", str(args.max_repeat), "--out", str(res)]
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
