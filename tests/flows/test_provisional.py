@@ -154,3 +154,21 @@ def test_provisional_rows_do_not_wait_for_the_delay():
     rows = lead.ingest(marks + evs)
     assert [r.event_timestamp for r in rows] == [t0, t0 + 1_000_000]  # the newest is held
     assert all(r.cause == PROVISIONAL for r in rows)
+
+
+@SETTINGS
+@given(case=streams(), every=st.integers(1, 4), lag=st.integers(0, 15))
+def test_duplicates_change_neither_engine(case, every, lag):
+    """Re-sent events (same key and event_id, `lag` arrivals later) change no row of either
+    engine: the exact one drops them (`engine.dedup`) and the provisional one, which keeps no
+    ids, is fed the exact one's batch without them. (A copy re-sent after its id expired is
+    late, a late record and no row.)"""
+    arrived, delay, lateness = case
+    resent = list(arrived)
+    for j, i in enumerate(range(0, len(arrived), every)):
+        resent.insert(min(len(resent), i + j + 1 + lag), dict(arrived[i]))
+    want = run_pair(arrived, delay, lateness, batch=1)
+    got = run_pair(resent, delay, lateness, batch=1)
+    rows = [[r for r in out if type(r) is FeatureRow] for out in (*want, *got)]
+    assert rows[2] == rows[0]
+    assert rows[3] == rows[1]

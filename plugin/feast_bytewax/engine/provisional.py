@@ -20,13 +20,16 @@ engine with no delay, whose rows go online at once:
   and after a restore every key is written again at the restored watermark, so that the
   restored state supersedes what the killed run wrote online before that point.
 
-Its counters and late records are not reported (the exact engine's are the run's).
+Its counters and late records are not reported (the exact engine's are the run's), and it
+keeps no event ids: it is fed the exact engine's batch without the duplicates that engine
+found (both forget an id at the same event time: watermark - delay - lateness).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from feast_bytewax.engine.dedup import RecentIds
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.records import Event, FeatureRow, Late
 
@@ -35,7 +38,7 @@ PROVISIONAL = "provisional"  # FeatureRow.cause of the provisional rows (online 
 
 def provisional_config(exact: EngineConfig) -> EngineConfig:
     """The provisional engine's knobs (see the module docstring), in microseconds."""
-    return replace(exact, watermark_delay=0, emit_from=None,
+    return replace(exact, watermark_delay=0, emit_from=None, dedup=False,
                    allowed_lateness=exact.watermark_delay + exact.allowed_lateness)
 
 
@@ -51,8 +54,10 @@ class ProvisionalRows:
     """The provisional engine of one shard (see the module docstring)."""
 
     def __init__(self, exact: ShardEngine) -> None:
+        self.exact = exact
         self.engine = ShardEngine(exact.cs.spec, provisional_config(exact.config),
                                   exact.snapshot())
+        self.engine.dedup = RecentIds()  # never consulted: the exact engine's verdict is used
         w = self.engine.marks.retarget(0)  # the restored marks carry the exact one's delay
         if exact.keys and w is not None:
             # A restore: the online store holds the killed run's provisional rows, stamped up
@@ -68,6 +73,12 @@ class ProvisionalRows:
                 for r in out if type(r) is FeatureRow]
 
     def ingest(self, items: list) -> list[FeatureRow]:
+        """The batch the exact engine just ingested, without the duplicates it found (its
+        lateness horizon is this one's: the same ids are remembered)."""
+        dups = self.exact.last_duplicates
+        if dups:
+            seen = {id(e) for e in dups}
+            items = [x for x in items if id(x) not in seen]
         if self.copy_events:  # only the events a join will write on (the others are shared)
             needs = self._needs_join
             items = [_own(x) if type(x) is Event and needs(x) else x for x in items]

@@ -51,6 +51,7 @@ class EngineConfig:
     allowed_lateness: int = 0
     partitions: int = 1
     emit_from: int | None = None  # a range replay's start: every key gets a row there
+    dedup: bool = True  # False: fed only another engine's non-duplicates (engine.provisional)
 
     def __post_init__(self) -> None:
         if self.watermark_delay < 0:
@@ -83,6 +84,7 @@ class ShardEngine:
         self.counts = {"processed": 0, "late": 0, "duplicates": 0, "corrections": 0,
                        "rows": 0, "versions": 0, "late_versions": 0}
         self.restore_report: RestoreReport | None = None
+        self.last_duplicates: list[Event] = []
         if snapshot is not None:
             self._restore(snapshot)
 
@@ -100,14 +102,17 @@ class ShardEngine:
         buf, push = self.buffer, heapq.heappush
         seq, accepted, dups = self.seq, 0, 0
         w = marks.wm
+        check = self.config.dedup
+        self.last_duplicates = dropped = []  # this call's duplicates (engine.provisional)
         for ev in items:
             if type(ev) is Mark:
                 w = marks.mark(ev.part, ev.frontier, ev.state)
                 continue
             t = ev.event_timestamp
             version = type(ev) is TableVersion
-            if not version and dedup.repeated(key_of(ev), ev.event_id, t):
+            if not version and check and dedup.repeated(key_of(ev), ev.event_id, t):
                 dups += 1
+                dropped.append(ev)
                 continue
             part = ev.part if ev.part >= 0 else 0
             f = ev.frontier
@@ -142,7 +147,8 @@ class ShardEngine:
         self.counts["duplicates"] += dups
         if w is not None:
             self._advance(w, out)
-            dedup.expire(w - self.lateness)
+            if check:
+                dedup.expire(w - self.lateness)
         return out
 
     def _behind_watermark(self, ev: Event, w: int, out: list) -> None:
