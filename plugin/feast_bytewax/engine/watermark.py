@@ -28,7 +28,7 @@ ACTIVE, IDLE, DONE = "active", "idle", "done"
 class PartitionWatermarks:
     """Frontiers and states of `n` input partitions, combined into one watermark."""
 
-    __slots__ = ("delay", "floor", "frontier", "sole", "state", "wm")
+    __slots__ = ("delay", "floor", "frontier", "inactive", "sole", "state", "wm")
 
     def __init__(self, n: int, delay: int) -> None:
         if n < 1:
@@ -39,6 +39,7 @@ class PartitionWatermarks:
         self.wm: int | None = None
         self.floor: int | None = None  # min frontier over active partitions (None: unknown)
         self.sole: int | None = None  # the only active partition, once its frontier is known
+        self.inactive = 0  # partitions idle or done (0: the minimum is a plain `min`)
 
     def advance(self, part: int, t: int) -> int | None:
         """An event of `part` with the partition's frontier `t`; returns the watermark."""
@@ -55,6 +56,7 @@ class PartitionWatermarks:
         self.frontier[part] = t if cur is None or t > cur else cur
         if self.state[part] != ACTIVE:
             self.state[part] = ACTIVE
+            self.inactive -= 1
         elif cur is not None and self.floor is not None and cur > self.floor:
             return self.wm  # not the slowest partition: the minimum cannot move
         return self._combine()
@@ -71,10 +73,24 @@ class PartitionWatermarks:
                 return self.wm
         if frontier is not None and (cur is None or frontier > cur):
             self.frontier[part] = frontier
+        self.inactive += (state != ACTIVE) - (self.state[part] != ACTIVE)
         self.state[part] = state
         return self._combine()
 
     def _combine(self) -> int | None:
+        frontier = self.frontier
+        if not self.inactive:  # every partition active: the minimum of them all, in C
+            self.sole = None
+            if None in frontier:
+                self.floor = None
+                return self.wm
+            self.floor = floor = min(frontier)
+            if len(frontier) == 1:
+                self.sole = 0
+            w = floor - self.delay
+            if self.wm is None or w > self.wm:
+                self.wm = w
+            return self.wm
         active = [f for f, s in zip(self.frontier, self.state, strict=True) if s == ACTIVE]
         self.sole = None
         if len(active) == 1 and active[0] is not None:
@@ -111,3 +127,4 @@ class PartitionWatermarks:
     def __setstate__(self, s: tuple) -> None:
         self.delay, self.frontier, self.state, self.wm, self.floor = s
         self.sole = None  # found again by the next combine
+        self.inactive = sum(state != ACTIVE for state in self.state)
