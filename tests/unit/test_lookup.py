@@ -17,8 +17,10 @@ from prometheus_client import REGISTRY
 
 from feast_bytewax.dataflow import lookup as lookup_module
 from feast_bytewax.dataflow.lookup import LookupSettings, LookupStep, feast_reader
+from feast_bytewax.engine.groups import CompiledSpec
 from feast_bytewax.features.enrich import Lookup
 from feast_bytewax.records import Event, Mark, Rejected
+from tests.reference import shipped_spec
 
 RISK = Lookup("category_risk", "risk", "category", "double", fallback=-1.0)
 COL = RISK.column  # category_risk__risk
@@ -372,3 +374,27 @@ def test_feast_reader_opens_one_store_per_thread(risk_repo: Path, monkeypatch):
     assert not errors
     assert len(opened) == 6 and len(set(opened)) == 6
     assert len(results) == 120 and {next(iter(r)) for r in results} == {"books", "toys"}
+
+
+def test_only_the_events_a_feature_reading_the_lookup_takes_are_looked_up():
+    """The shipped repo reads `category_risk__risk` only through `risky` in a view filtered
+    on purchases: views and logins are neither read nor enriched (nor counted), purchases
+    are; with several features reading it, any of their filters is enough."""
+    spec = shipped_spec()
+    (lk,) = spec.enrichment.lookups
+    wanted = CompiledSpec(spec).lookup_wanted(lk.column)
+    reader = Reader({"books": 0.9, "games": 0.1})
+    step = LookupStep((lk,), reader, PATIENT, wanted=(wanted,))
+    try:
+        batch = [Event(i, "u1", et, 1.0, cat, 1_700_000_000_000_000 + i) for i, (et, cat) in
+                 enumerate([("view", "books"), ("purchase", "books"), ("login_ok", ""),
+                            ("purchase", "games"), ("view", "toys")])]
+        step(batch)
+        assert [ev.extra for ev in batch] == [None, {lk.column: 0.9}, None, {lk.column: 0.1},
+                                              None]
+        assert sorted(reader.keys) == ["books", "games"]
+        assert step.events[f"{lk.view}:{lk.feature}"] == 2
+    finally:
+        step.close()
+    assert wanted(Event(1, "u", "purchase", 1.0, "x", 0))
+    assert not wanted(Event(1, "u", "view", 1.0, "x", 0))

@@ -22,6 +22,7 @@ from typing import Any
 
 from feast_bytewax.config import FlowConfig
 from feast_bytewax.dataflow.lookup import LookupSettings, LookupStep, feast_reader
+from feast_bytewax.engine.groups import CompiledSpec
 from feast_bytewax.errors import ConfigError
 from feast_bytewax.features.enrich import Lookup
 from feast_bytewax.features.inputs import TableSpec
@@ -114,9 +115,12 @@ class Lookups:
     steps: list[LookupStep] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     reader: Callable[[Lookup, list], Mapping[Any, Any]] | None = None
+    # per lookup, which events need it (None: all): see `LookupStep`
+    wanted: tuple[Callable[[Any], bool], ...] | None = None
 
     def __call__(self) -> LookupStep:
-        step = LookupStep(self.lookups, self.reader or feast_reader(self.repo), self.settings)
+        step = LookupStep(self.lookups, self.reader or feast_reader(self.repo), self.settings,
+                          wanted=self.wanted)
         with self._lock:
             self.steps.append(step)
         return step
@@ -139,11 +143,22 @@ class Lookups:
 def lookups_for(cfg: FlowConfig, spec: FlowSpec, repo: str | Path) -> Lookups | None:
     """The run's lookups (every entity's, once each), or None when no view looks anything up."""
     seen: dict[str, Lookup] = {}
+    gates: dict[str, list[Callable[[Any], bool]]] = {}
     for e in spec.entities:
+        cs = CompiledSpec(e)
         for lk in e.enrichment.lookups:
             seen.setdefault(lk.column, lk)
+            gates.setdefault(lk.column, []).append(cs.lookup_wanted(lk.column))
     if not seen:
         return None
     settings = LookupSettings(timeout_s=cfg.lookup_timeout,
                               concurrency=cfg.lookup_concurrency, ttl_s=cfg.lookup_ttl)
-    return Lookups(tuple(seen.values()), str(repo), settings)
+    wanted = tuple(_any(gates[c]) for c in seen)
+    return Lookups(tuple(seen.values()), str(repo), settings, wanted=wanted)
+
+
+def _any(tests: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    """An event is wanted by a lookup when any entity reading it wants it."""
+    if len(tests) == 1:
+        return tests[0]
+    return lambda ev: any(t(ev) for t in tests)

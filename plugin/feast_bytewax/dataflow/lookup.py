@@ -22,7 +22,10 @@ it the way Flink's async I/O does:
   logs one warning line per distinct error per minute.
 
 Only `Event`s are enriched; every other item of a batch (marks, rejects, table versions)
-passes through unchanged, in order: nothing is dropped or duplicated.
+passes through unchanged, in order: nothing is dropped or duplicated. With `wanted` (per
+lookup, `engine.groups.CompiledSpec.lookup_wanted`), only the events some feature reading the
+looked-up column would take are enriched (and counted): the others get no such column,
+which reads as missing, as an event no filter of that feature passes never needed it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +130,10 @@ class LookupStep:
 
     def __init__(self, lookups: tuple[Lookup, ...] | list[Lookup], read: LookupReader,
                  settings: LookupSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wanted: Sequence[Callable[[Any], bool]] | None = None) -> None:
         self.lookups = tuple(lookups)
+        self.wanted = tuple(wanted) if wanted is not None else None
         self.read = read
         self.settings = settings or LookupSettings()
         self.clock = clock
@@ -162,18 +167,18 @@ class LookupStep:
             return batch
         start = self.clock()
         deadline = start + self.settings.timeout_s
-        keys = [[get(ev) for ev in events] for get in self._getters]
+        chosen = ([events] * len(self.lookups) if self.wanted is None else
+                  [[ev for ev in events if want(ev)] for want in self.wanted])
+        keys = [[get(ev) for ev in evs] for get, evs in zip(self._getters, chosen, strict=True)]
         plans = [self._plan(i, set(ks) - {None, ""}, start) for i, ks in enumerate(keys)]
         futures = {f for _, waiting, _ in plans for f in waiting.values()}
         if futures:
             wait(futures, timeout=max(0.0, deadline - self.clock()))
-        columns = []
         for i, (ready, waiting, overloaded) in enumerate(plans):
-            columns.append(self._assign(i, keys[i], ready, waiting, overloaded))
-        cols = [lk.column for lk in self.lookups]
-        for ev, row in zip(events, zip(*columns, strict=True), strict=True):
-            added = dict(zip(cols, row, strict=True))
-            ev.extra = {**ev.extra, **added} if ev.extra else added
+            column = self.lookups[i].column
+            values = self._assign(i, keys[i], ready, waiting, overloaded)
+            for ev, value in zip(chosen[i], values, strict=True):
+                ev.extra = {**ev.extra, column: value} if ev.extra else {column: value}
         if start >= self._next_purge:
             self._purge(start)
         return batch

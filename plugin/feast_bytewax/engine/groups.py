@@ -77,6 +77,16 @@ class CompiledSpec:
                                            for c, _ in base}))
         self._join_key = _cache_key(tuple(self.getter(c) for c in self._join_columns))
         self._join_cache: dict[tuple, bool] = {}
+        # per looked-up column, the clauses on plain event columns of each group reading it
+        # (directly, through a derived column or a filter): only those events need the read
+        looked = {lk.column for lk in enrich.lookups}
+        self.lookup_gates: dict[str, list[tuple]] = {c: [] for c in looked}
+        for g in self.groups:
+            feats = [spec.features[m.slot] for m in g.members]
+            reads = [f.column for f in feats] + [c for c, _ in feats[0].where]
+            base = tuple((c, a) for c, a in self.group_where[g.gid] if not enrich.depends([c]))
+            for c in {c for c, _ in enrich.depends(reads)} & looked:
+                self.lookup_gates[c].append(base)
         vec: list[Any] = [None] * len(spec.features)
         for g in self.groups:
             for m in g.members:
@@ -127,6 +137,29 @@ class CompiledSpec:
             if len(self._join_cache) < ROUTE_CACHE_MAX:
                 self._join_cache[key] = hit
         return hit
+
+    def lookup_wanted(self, column: str) -> Callable[[Any], bool]:
+        """Does any group reading looked-up `column` take this event (its clauses on event
+        columns hold)? `dataflow.lookup` reads the online store only for those events: a
+        lookup feeding purchase features need not be read for every view event."""
+        bases = self.lookup_gates.get(column, [])
+        if any(not base for base in bases):
+            return lambda ev: True
+        getters = {c: self.getter(c) for base in bases for c, _ in base}
+        key_of = _cache_key(tuple(getters[c] for c in sorted(getters)))
+        cache: dict[Any, bool] = {}
+
+        def wanted(ev: Any) -> bool:
+            key = key_of(ev)
+            hit = cache.get(key)
+            if hit is None:
+                hit = any(all(getters[c](ev) in allowed for c, allowed in base)
+                          for base in bases)
+                if len(cache) < ROUTE_CACHE_MAX:
+                    cache[key] = hit
+            return hit
+
+        return wanted
 
     def groups_for(self, ev: Any) -> tuple[int, ...]:
         """Group ids whose filter the event passes (cached per filter-column values)."""
