@@ -204,9 +204,10 @@ class LiveConfig(FlowConfig):
         0.05, gt=0, description="online store flush at least this often, s (offline parts "
                                 "keep --flush-interval / --flush-rows)")
     online_rows: Literal["exact", "provisional"] = Field(
-        "exact", description="online values: exact (after the watermark delay, as offline) or "
-                             "provisional (every event at once; the exact rows still go "
-                             "offline, the difference is measured)")
+        "provisional", description="online values: provisional (every event at once, the "
+                                   "default; the exact rows still go offline, the difference "
+                                   "is measured) or exact (after the watermark delay, as "
+                                   "offline: half the CPU per event)")
     profiles_topic: str | None = Field(
         None, description="Kafka topic of the joined view's versions (key = its join key, "
                           "same brokers), or VIEW=TOPIC,... for several joined views")

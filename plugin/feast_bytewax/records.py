@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
+# FeatureRow.cause of the rows of the provisional engine (`engine.provisional`): online only
+PROVISIONAL = "provisional"
 EVENT_TYPES = frozenset({"view", "purchase", "login_failed", "login_ok"})
 EVENT_FIELDS = ("event_id", "user_id", "event_type", "amount", "category", "event_timestamp")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -121,7 +123,8 @@ class FeatureRow:
 
     `values` follow `EngineSpec.feature_names`. `cause` is `event`, `decay` (a pane left a
     window or a session expired), `correction` (a late-but-allowed event was applied) or
-    `seed` (the value at the start of a range replay).
+    `seed` (the value at the start of a range replay); `provisional` rows come from the
+    provisional engine (`engine.provisional`) and go online only.
     """
 
     key: str

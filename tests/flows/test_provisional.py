@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from feast_bytewax.dataflow.divergence import Divergence
-from feast_bytewax.engine.provisional import PROVISIONAL, ProvisionalRows, provisional_config
+from feast_bytewax.engine.provisional import ProvisionalRows, provisional_config
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.engine.watermark import ACTIVE
-from feast_bytewax.records import Event, FeatureRow, Mark
+from feast_bytewax.records import PROVISIONAL, Event, FeatureRow, Mark
 from tests import reference as ref
 from tests.flows.test_engine_reference import SPEC, rows_by_key, run_engine, streams, to_event
 

@@ -23,13 +23,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from feast_bytewax.engine.provisional import PROVISIONAL
 from feast_bytewax.observability.metrics import (
     ONLINE_COMPARED,
     ONLINE_DIVERGENT,
     ONLINE_DIVERGENT_SECONDS,
 )
-from feast_bytewax.records import FeatureRow
+from feast_bytewax.records import PROVISIONAL, FeatureRow
 
 
 def same_vector(a: tuple, b: tuple, rel: float = 1e-9) -> bool:

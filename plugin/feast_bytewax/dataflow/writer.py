@@ -48,12 +48,11 @@ from feast_bytewax.dataflow.frames import (
     view_target,
 )
 from feast_bytewax.dataflow.retry import StoreRetry
-from feast_bytewax.engine.provisional import PROVISIONAL
 from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.observability.metrics import PUSH_SECONDS
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import FeatureRow
+from feast_bytewax.records import PROVISIONAL, FeatureRow
 from feast_bytewax.stores._compat import provider_of
 from feast_bytewax.stores.folder_names import new_run_id, writer_id
 from feast_bytewax.stores.parquet_folder import ParquetFolderOfflineStoreConfig, open_transaction

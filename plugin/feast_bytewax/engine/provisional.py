@@ -31,9 +31,7 @@ from dataclasses import replace
 
 from feast_bytewax.engine.dedup import RecentIds
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
-from feast_bytewax.records import Event, FeatureRow, Late
-
-PROVISIONAL = "provisional"  # FeatureRow.cause of the provisional rows (online only)
+from feast_bytewax.records import PROVISIONAL, Event, FeatureRow, Late
 
 
 def provisional_config(exact: EngineConfig) -> EngineConfig:

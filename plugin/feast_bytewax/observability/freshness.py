@@ -10,11 +10,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from feast_bytewax.observability.metrics import FRESHNESS_ARRIVAL_SECONDS, FRESHNESS_SECONDS
-from feast_bytewax.records import Event
+from feast_bytewax.records import PROVISIONAL, Event
 from feast_bytewax.timeutil import utc_now_us
 
 ARRIVAL_SAMPLE_PER_BATCH = 64
 ARRIVAL_MAX_TRACKED = 200_000
+# a row an event made (exact, or provisional: mostly events, the rest never match an arrival)
+CAUSED_BY_EVENT = frozenset({"event", PROVISIONAL})
 
 
 class FreshnessRecorder:
@@ -85,7 +87,7 @@ class FreshnessRecorder:
             if self._arrivals:
                 for r in rows:
                     t = self._arrivals.pop((r.key, r.event_timestamp), None)
-                    if t is not None and r.cause == "event" and latest[r.key] is r:
+                    if t is not None and r.cause in CAUSED_BY_EVENT and latest[r.key] is r:
                         since_arrival.append((now_us - t) / 1e6)
         for v in fresh:
             FRESHNESS_SECONDS.observe(v)

@@ -68,6 +68,9 @@ timestamp (the online row it came from). A NOT_FOUND value (no online row) is co
 with B at min(serve time, H): a non-empty truth there is a mismatch (`missing_online`).
 `staleness_s` is serve time minus the value's event time.
 
+Served vectors against the exact rows (`skew.online_exact`): how many served vectors differed
+from the offline rows as of their time (provisional online values), reported, not judged.
+
 Output: `<out>/skew_report.json` and `<out>/skew_report.html` (inline SVG, one plot per
 feature). Exit code 1 when the mismatch rate (offline and logged, the larger) exceeds
 `--max-mismatch-rate` (default 0).
@@ -100,6 +103,8 @@ from feast_bytewax.skew.logged import (
     read_logs,
 )
 from feast_bytewax.skew.offline import compare_offline, offline_sources, read_offline
+from feast_bytewax.skew.online_exact import served_vs_exact
+from feast_bytewax.skew.online_exact import summary_line as online_exact_line
 from feast_bytewax.skew.truth import (
     change_candidates,
     empty_vector,
@@ -174,6 +179,9 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
         if lp is not None and len(lp) else None
     if logged is not None:
         logged["feature_service"] = service.name
+    versus_exact = served_vs_exact(lp, key, [(names, off, carry) for _, names, off, _, carry
+                                             in offline_frames], empties, opts.rtol, opts.atol) \
+        if lp is not None and len(lp) else {"vectors": 0}
     dl_late = _dead_letter_late(repo)
     model_dropped = int(ev["dropped"].sum())
     warnings_ = []
@@ -223,6 +231,7 @@ def compute_report(repo: str | Path, events: str | Path, opts: SkewOptions,
         "logged": logged if logged is not None else {
             "vectors": 0, "note": "no feature logs (no logging_config on the feature service, "
                                   "or nothing served through the logging provider yet)"},
+        "online_vs_exact": versus_exact,
         "threshold": {"max_mismatch_rate": None, "observed_mismatch_rate": observed,
                       "passed": None},
         "warnings": warnings_,
@@ -337,6 +346,7 @@ def _summary(report: dict, jpath: Path, hpath: Path) -> str:
         lines.append(f"logged: {lg['vectors']:,} served vectors, {lg['mismatched_vectors']:,} "
                      f"mismatched ({lg['mismatch_rate']:.4%}), {lg['missing_online']:,} "
                      "served empty where the truth is not")
+        lines.append(online_exact_line(report.get("online_vs_exact", {})))
     else:
         lines.append("logged: no feature logs")
     if report["not_checked"]["features"]:
