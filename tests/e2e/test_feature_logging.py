@@ -60,7 +60,7 @@ def clear_logs(repo: Path) -> None:
     """Flush what earlier tests' stores still buffer, then remove the logs."""
     import shutil
 
-    from feast_bytewax.stores.feature_logging import flush_all
+    from feast_bytewax.stores.feature_log_buffer import flush_all
 
     flush_all()
     shutil.rmtree(log_dir(repo), ignore_errors=True)

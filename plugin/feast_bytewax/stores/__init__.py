@@ -7,4 +7,7 @@
   faster write path (Feast's exact keys and bytes, newer-wins checked inside Redis by a Lua
   script); `FastRedisProvider` routes `ingest_df` to its columnar `write_frame`. Its
   protobuf-free encoders are in `redis_encoding`.
+- `feast_bytewax.stores.feature_logging.LoggingProvider`: a provider that logs the vectors
+  Feast's Python server serves (which Feast itself never does); its buffer and background
+  writer are in `feature_log_buffer`.
 """
