@@ -9,11 +9,17 @@ new or renamed feature starts empty at the restore (it counts the events after i
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+import feast_bytewax
+from feast_bytewax.dataflow.runtime import EXIT_FATAL
 from feast_bytewax.engine.shard import EngineConfig, ShardEngine
 from feast_bytewax.errors import ConfigError
 from feast_bytewax.features.spec import FeatureSpec
@@ -124,3 +130,33 @@ def test_a_positional_snapshot_is_refused_with_a_clear_message():
     old = pickle.dumps({"keys": {}, "buffer": [], "timers": []})
     with pytest.raises(ConfigError, match=r"older feast-bytewax.*empty --recovery-dir"):
         ShardEngine(SPEC, CFG, old)
+
+
+# `FeatureStepConfig.build` ends the process (`fatal_stop`: os._exit), so it runs in a child.
+BUILD_WITH_EMPTY_STATE = """
+from feast_bytewax.dataflow.step import NO_SNAPSHOT, FeatureStepConfig
+from feast_bytewax.engine.shard import EngineConfig
+from tests.reference import shipped_spec
+
+config = FeatureStepConfig(shipped_spec(), EngineConfig(), snapshots=False)
+config.build(None)  # a fresh shard builds
+config.build(NO_SNAPSHOT)
+print("build returned")
+"""
+
+
+def test_a_recovery_store_written_without_recovery_stops_the_build_with_one_line():
+    """A run not told of its recovery directory stores `NO_SNAPSHOT` for every shard; a
+    restart with recovery must not resume from that as if it were empty state (it would
+    silently start every window from nothing). The build stops the run: exit 3, one
+    `feast-bytewax: error:` line naming the recovery directory, no traceback."""
+    root = Path(__file__).resolve().parents[2]
+    plugin = Path(feast_bytewax.__file__).resolve().parents[1]  # the code under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(plugin), str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", BUILD_WITH_EMPTY_STATE], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("feast-bytewax: error:")]
+    assert proc.returncode == EXIT_FATAL, (proc.returncode, proc.stderr[-3000:])
+    assert len(errors) == 1 and "recovery directory" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "build returned" not in proc.stdout
