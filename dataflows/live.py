@@ -37,11 +37,12 @@ required when the repo declares its event stream (a `KafkaSource` with brokers a
 
 from feast_bytewax.config import LiveConfig, load
 from feast_bytewax.dataflow.live import build_live_flow, start_metrics, watch_slo
-from feast_bytewax.dataflow.runtime import with_runner_recovery
+from feast_bytewax.dataflow.runtime import exit_on_user_error, with_runner_recovery
 from feast_bytewax.observability.stats import FlowStats
 
-cfg = with_runner_recovery(load(LiveConfig))
-stats = FlowStats()
-flow, parts = build_live_flow(cfg, stats)
-start_metrics(parts.cfg)
-watch_slo(parts.slo)
+with exit_on_user_error():  # a bad setting: one line, exit 2 (not a traceback)
+    cfg = with_runner_recovery(load(LiveConfig))
+    stats = FlowStats()
+    flow, parts = build_live_flow(cfg, stats)
+    start_metrics(parts.cfg)
+    watch_slo(parts.slo)

@@ -1,6 +1,7 @@
 """What running a Bytewax flow in this process needs around `cli_main`: GC tuning, the
 recovery directory (also the one Bytewax's own runner was given), signal handling, a
-progress ticker thread, and the one clean way to stop a run from inside it (`fatal_stop`)."""
+progress ticker thread, the one clean way to stop a run from inside it (`fatal_stop`), and
+the same one-line report for the `dataflows/` entry points' settings (`exit_on_user_error`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 from bytewax.recovery import init_db_dir
 
 from feast_bytewax.dataflow._compat import runner_recovery_dir
-from feast_bytewax.errors import ConfigError
+from feast_bytewax.errors import ConfigError, FeastBytewaxError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,28 @@ def with_runner_recovery(cfg: Any) -> Any:
         raise ConfigError(f"two recovery directories: bytewax.run -r {found} and "
                           f"FEAST_BYTEWAX_RECOVERY_DIR={cfg.recovery_dir}; give one")
     return cfg.model_copy(update={"recovery_dir": found})
+
+
+EXIT_USER_ERROR = 2
+
+
+def error_line(message: str) -> None:
+    """The one line on stderr that a stop for a reason the user can act on prints."""
+    sys.stderr.write(f"feast-bytewax: error: {message}\n")
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For the `dataflows/` entry points, which load their settings and build their flow at
+    import time under ``python -m bytewax.run``: there a `FeastBytewaxError` (a bad
+    ``FEAST_BYTEWAX_*`` value, a missing repo...) would escape through Bytewax's runner as
+    a traceback and exit 1, like a crash. Instead: its message as one line and exit 2."""
+    try:
+        yield
+    except FeastBytewaxError as e:
+        error_line(str(e))
+        sys.stderr.flush()
+        raise SystemExit(EXIT_USER_ERROR) from None
 
 
 def ensure_recovery_dir(path: Path, partitions: int = 1) -> None:
@@ -128,7 +151,7 @@ def fatal_stop(message: str, stats: Any = None, trace: bool = False) -> NoReturn
     if trace and os.environ.get("FEAST_BYTEWAX_DEBUG", "") not in ("", "0"):
         traceback.print_exc()
     hint = "" if not trace else " (FEAST_BYTEWAX_DEBUG=1 shows the traceback)"
-    sys.stderr.write(f"feast-bytewax: error: {message}{hint}\n")
+    error_line(f"{message}{hint}")
     if stats is not None:
         sys.stdout.write(f"{stats.summary()} [stopped early: in-flight counts not settled]\n")
     sys.stdout.flush()
