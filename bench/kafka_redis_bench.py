@@ -512,7 +512,9 @@ def run_phase(name: str, broker: Broker, topic: str, n: int, repo: Path, spec, a
     cpu0, t0 = time.process_time(), time.perf_counter()
     ticker.start()
     try:
-        with fresh, gc_frozen():
+        # as `run_live` does (a revision before `gc_interval` has its own fixed GC policy)
+        gc_every = getattr(parts.cfg, "gc_interval", None)
+        with fresh, gc_frozen() if gc_every is None else gc_frozen(gc_every):
             cli_main(flow, workers_per_process=1, epoch_interval=timedelta(seconds=epoch))
     finally:
         t_end = time.perf_counter()

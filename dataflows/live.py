@@ -37,7 +37,7 @@ required when the repo declares its event stream (a `KafkaSource` with brokers a
 
 from feast_bytewax.config import LiveConfig, load
 from feast_bytewax.dataflow.live import build_live_flow, start_metrics, watch_slo
-from feast_bytewax.dataflow.runtime import exit_on_user_error, with_runner_recovery
+from feast_bytewax.dataflow.runtime import exit_on_user_error, manage_gc, with_runner_recovery
 from feast_bytewax.observability.stats import FlowStats
 
 with exit_on_user_error():  # a bad setting: one line, exit 2 (not a traceback)
@@ -46,3 +46,4 @@ with exit_on_user_error():  # a bad setting: one line, exit 2 (not a traceback)
     flow, parts = build_live_flow(cfg, stats)
     start_metrics(parts.cfg)
     watch_slo(parts.slo)
+    manage_gc(cfg.gc_interval)  # for the rest of the process: Bytewax's runner runs the flow

@@ -27,10 +27,11 @@ same model, `feast_bytewax.config.ReplayConfig`; `feast-bytewax replay --help` l
 
 from feast_bytewax.config import ReplayConfig, load
 from feast_bytewax.dataflow.replay import build_replay_flow
-from feast_bytewax.dataflow.runtime import exit_on_user_error, with_runner_recovery
+from feast_bytewax.dataflow.runtime import exit_on_user_error, manage_gc, with_runner_recovery
 from feast_bytewax.observability.stats import FlowStats
 
 with exit_on_user_error():  # a bad setting: one line, exit 2 (not a traceback)
     cfg = with_runner_recovery(load(ReplayConfig))
     stats = FlowStats()
     flow, dead_letter_path, _lookups = build_replay_flow(cfg, stats)
+    manage_gc(cfg.gc_interval)  # for the rest of the process: Bytewax's runner runs the flow

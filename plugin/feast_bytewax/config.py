@@ -137,6 +137,10 @@ class FlowConfig(EventTimeConfig):
                                     description="online lookups: requests in flight at most")
     lookup_ttl: float = Field(60.0, gt=0, description="online lookups: how long a value read "
                                                       "is reused, s")
+    gc_interval: float = Field(
+        600.0, ge=0, description="Python's automatic garbage collector is off during a run "
+                                 "(its passes stalled the worker); one full collection runs "
+                                 "this often, s (0: keep the automatic collector)")
 
     @property
     def dead_letter_file(self) -> Path:

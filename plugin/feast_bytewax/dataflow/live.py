@@ -240,7 +240,8 @@ def run_live(cfg: LiveConfig, on_progress: Callable[[FlowStats, LiveParts], None
     t0 = time.perf_counter()
     signals = Signals(parts.stop, abort_first=recovery is not None) if handle_signals else None
     try:
-        with signals or contextlib.nullcontext(), ticker(0.25, tick), gc_frozen():
+        with signals or contextlib.nullcontext(), ticker(0.25, tick), \
+                gc_frozen(cfg.gc_interval):
             cli_main(flow, workers_per_process=cfg.workers,
                      epoch_interval=timedelta(seconds=cfg.epoch_interval),
                      recovery_config=recovery)

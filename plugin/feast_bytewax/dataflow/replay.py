@@ -145,7 +145,7 @@ def run_replay(cfg: ReplayConfig, on_progress: Callable[[FlowStats], None] | Non
         recovery = RecoveryConfig(str(cfg.recovery_dir))
     t0 = time.perf_counter()
     with ticker(0.25, None if on_progress is None else lambda: on_progress(stats)), \
-            gc_frozen():
+            gc_frozen(cfg.gc_interval):
         try:
             cli_main(flow, workers_per_process=cfg.workers,
                      epoch_interval=timedelta(seconds=cfg.epoch_interval),
