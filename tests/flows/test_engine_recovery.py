@@ -20,7 +20,8 @@ import pytest
 
 import feast_bytewax
 from feast_bytewax.dataflow.runtime import EXIT_FATAL
-from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.engine.config import EngineConfig
+from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.errors import ConfigError
 from feast_bytewax.features.spec import FeatureSpec
 from feast_bytewax.records import Event, FeatureRow
@@ -135,7 +136,7 @@ def test_a_positional_snapshot_is_refused_with_a_clear_message():
 # `FeatureStepConfig.build` ends the process (`fatal_stop`: os._exit), so it runs in a child.
 BUILD_WITH_EMPTY_STATE = """
 from feast_bytewax.dataflow.step import NO_SNAPSHOT, FeatureStepConfig
-from feast_bytewax.engine.shard import EngineConfig
+from feast_bytewax.engine.config import EngineConfig
 from tests.reference import shipped_spec
 
 config = FeatureStepConfig(shipped_spec(), EngineConfig(), snapshots=False)
@@ -160,3 +161,29 @@ def test_a_recovery_store_written_without_recovery_stops_the_build_with_one_line
     assert proc.returncode == EXIT_FATAL, (proc.returncode, proc.stderr[-3000:])
     assert len(errors) == 1 and "recovery directory" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and "build returned" not in proc.stdout
+
+
+@pytest.mark.parametrize("delay_s", [0, 5])
+def test_the_snapshot_size_estimate_is_near_the_snapshot_it_stands_for(delay_s):
+    """Without recovery the state gauge shows `estimated_snapshot_bytes` (a sample of each
+    large part, scaled) instead of pickling the shard: with thousands of keys, buffered
+    events and remembered ids it must stay near the real snapshot's size."""
+    rnd = random.Random(3)
+    engine = ShardEngine(SPEC, EngineConfig(watermark_delay=delay_s * 1_000_000,
+                                            allowed_lateness=600_000_000))
+    t = BASE
+    batch = []
+    for i in range(20_000):
+        t += rnd.randrange(0, 2_000)
+        et = rnd.choice(["view", "view", "purchase", "login_failed", "login_ok"])
+        batch.append(Event(i, f"u{rnd.randrange(3_000)}", et,
+                           float(rnd.randrange(1, 60)) if et == "purchase" else 0.0,
+                           rnd.choice("abcdef"), t, "test"))
+        if len(batch) == 500:
+            engine.ingest(batch)
+            batch = []
+    assert len(engine.keys) > 2_000 and len(engine.dedup) > 10_000
+    assert (len(engine.buffer) > 1_000) == (delay_s > 0)
+    exact = len(engine.snapshot())
+    estimates = [engine.estimated_snapshot_bytes() for _ in range(3)]
+    assert all(0.8 * exact <= e <= 1.2 * exact for e in estimates), (exact, estimates)

@@ -12,7 +12,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.engine.config import EngineConfig
+from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.features.spec import FeatureSpec
 from feast_bytewax.records import Event, FeatureRow, Late
 from tests import reference as ref

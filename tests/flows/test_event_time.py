@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import pickle
 
-from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.engine.config import EngineConfig
+from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.ingest.partitions import (
     ACTIVE,
     DONE,

@@ -17,7 +17,8 @@ import pickle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.engine.config import EngineConfig
+from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.records import Event, FeatureRow, Late, TableVersion
 from tests import reference as ref
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from feast_bytewax.dataflow.divergence import Divergence
+from feast_bytewax.engine.config import EngineConfig
 from feast_bytewax.engine.provisional import ProvisionalRows, provisional_config
-from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.engine.watermark import ACTIVE
 from feast_bytewax.records import PROVISIONAL, Event, FeatureRow, Mark
 from tests import reference as ref

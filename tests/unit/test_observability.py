@@ -290,7 +290,8 @@ def test_without_recovery_snapshots_are_empty_and_the_state_is_measured_now_and_
         monkeypatch):
     """No recovery: Bytewax still asks for a snapshot at every epoch end; the logic returns
     `NO_SNAPSHOT` (no pickling), and the state is pickled to be measured only when its
-    measuring time is due: the gauge then shows the bytes a recovery snapshot would hold."""
+    measuring time is due: the gauge then shows about the bytes a recovery snapshot would
+    hold (estimated from a sample of the state)."""
     _, payloads, _ = make_stream(1, 400, 6, late_share=0.0)
     rows: list = []
     monkeypatch.setattr(step.random, "uniform", lambda lo, hi: hi)  # first measure: 60 s on
@@ -309,7 +310,8 @@ def test_without_recovery_snapshots_are_empty_and_the_state_is_measured_now_and_
     assert logic.snapshot() == NO_SNAPSHOT and shown(g["snap"], "user_id") == 0
     logic._measure_due = 0.0  # due now
     assert logic.snapshot() == NO_SNAPSHOT
-    assert shown(g["snap"], "user_id") == len(engine.snapshot()) > 0
+    exact = len(engine.snapshot())
+    assert 0.75 * exact <= shown(g["snap"], "user_id") <= 1.25 * exact  # an estimate
     assert logic._measure_due > time.monotonic() + MEASURE_INTERVAL_S - 5
     with_recovery = ShardLogic(engine, None, "user_id", gauges=gauges)
     assert with_recovery.snapshot() == engine.snapshot() != NO_SNAPSHOT

@@ -27,8 +27,8 @@ from bytewax.outputs import Sink
 from feast_bytewax.config import FlowConfig
 from feast_bytewax.dataflow.lifecycle import RunLifecycle
 from feast_bytewax.dataflow.step import FeatureStepConfig
+from feast_bytewax.engine.config import EngineConfig
 from feast_bytewax.engine.routing import shard_key
-from feast_bytewax.engine.shard import EngineConfig
 from feast_bytewax.features.inputs import TableSpec
 from feast_bytewax.features.spec import EngineSpec, FlowSpec
 from feast_bytewax.ingest.files import EventFileSource

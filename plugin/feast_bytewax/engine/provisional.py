@@ -29,8 +29,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from feast_bytewax.engine.config import EngineConfig
 from feast_bytewax.engine.dedup import RecentIds
-from feast_bytewax.engine.shard import EngineConfig, ShardEngine
+from feast_bytewax.engine.shard import ShardEngine
 from feast_bytewax.records import PROVISIONAL, Event, FeatureRow, Late
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from feast_bytewax.errors import ConfigError
 log = logging.getLogger(__name__)
 
 FORMAT = 5
+ESTIMATE_SAMPLE = 256  # entries pickled per large part by `estimated_snapshot_bytes`
 
 
 @dataclass
@@ -58,6 +60,43 @@ def snapshot_state(engine: Any) -> bytes:
         "seq": engine.seq, "counts": engine.counts,
     }
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def estimated_snapshot_bytes(engine: Any, sample: int = ESTIMATE_SAMPLE) -> int:
+    """About `len(snapshot_state(engine))`, from at most `sample` entries of each part that
+    grows with the keys or the events (keys, buffer, timers, event ids, joined versions,
+    kept events), each scaled to its length; the small rest is pickled whole.
+
+    Why: without recovery the state is pickled only to show its size (`dataflow.step`), and
+    pickling a whole shard held the worker for up to 0.25 s at a time, long enough to show in
+    the freshness p99. A sample costs about a millisecond whatever the state's size."""
+    joins = engine.joins
+    parts = [
+        _dict_bytes(engine.keys, sample, lambda v: (v.groups, v.emitted)),
+        _list_bytes(engine.buffer, sample),
+        _list_bytes(engine.timers, sample),
+        2 * _dict_bytes(engine.dedup.seen, sample),  # the ids and their expiry order
+        _dict_bytes(joins.retained.by_key, sample),
+        *(_dict_bytes(v.by_key, sample) for v in joins.versions.values()),
+    ]
+    rest = {"open_rows": engine.open_rows, "marks": engine.marks, "counts": engine.counts,
+            "features": [f.identity for f in engine.cs.spec.features]}
+    return sum(parts) + len(pickle.dumps(rest, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _list_bytes(items: list, sample: int) -> int:
+    if len(items) <= sample:
+        return len(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)) if items else 0
+    picked = [items[i] for i in random.sample(range(len(items)), sample)]
+    return len(pickle.dumps(picked, protocol=pickle.HIGHEST_PROTOCOL)) * len(items) // sample
+
+
+def _dict_bytes(d: dict, sample: int, value: Any = None) -> int:
+    keys = list(d) if len(d) <= sample else random.sample(list(d), sample)
+    if not keys:
+        return 0
+    picked = [(k, d[k] if value is None else value(d[k])) for k in keys]
+    return len(pickle.dumps(picked, protocol=pickle.HIGHEST_PROTOCOL)) * len(d) // len(keys)
 
 
 def restore_state(engine: Any, blob: bytes) -> RestoreReport:

@@ -27,39 +27,24 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
+from feast_bytewax.engine.config import EngineConfig
 from feast_bytewax.engine.dedup import RecentIds
 from feast_bytewax.engine.groups import CompiledSpec
 from feast_bytewax.engine.joins import JoinState
-from feast_bytewax.engine.recovery import RestoreReport, restore_state, snapshot_state
+from feast_bytewax.engine.recovery import (
+    RestoreReport,
+    estimated_snapshot_bytes,
+    restore_state,
+    snapshot_state,
+)
 from feast_bytewax.engine.state import KeyState
 from feast_bytewax.engine.watermark import PartitionWatermarks
 from feast_bytewax.features.spec import EngineSpec
 from feast_bytewax.records import Event, FeatureRow, Late, Mark, TableVersion
 
 NEVER = float("inf")
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Event-time knobs, in microseconds, and the number of input partitions whose frontiers
-    make the watermark (events without a partition count as partition 0)."""
-
-    watermark_delay: int = 5_000_000
-    allowed_lateness: int = 0
-    partitions: int = 1
-    emit_from: int | None = None  # a range replay's start: every key gets a row there
-    dedup: bool = True  # False: fed only another engine's non-duplicates (engine.provisional)
-
-    def __post_init__(self) -> None:
-        if self.watermark_delay < 0:
-            raise ValueError(f"watermark_delay must be >= 0 us, got {self.watermark_delay}")
-        if self.allowed_lateness < 0:
-            raise ValueError(f"allowed_lateness must be >= 0 us, got {self.allowed_lateness}")
-        if self.partitions < 1:
-            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
 
 
 class ShardEngine:
@@ -173,15 +158,6 @@ class ShardEngine:
             self._advance(end, out)
         self._flush_open(out, None)
         return out
-
-    def next_due(self) -> int | None:
-        """Event time of the next buffered event or timer (for wall-clock notifications)."""
-        cands = []
-        if self.buffer:
-            cands.append(self.buffer[0][0])
-        if self.timers:
-            cands.append(self.timers[0][0])
-        return min(cands) if cands else None
 
     def state_size(self) -> int:
         return len(self.keys)
@@ -422,6 +398,10 @@ class ShardEngine:
         """An immutable copy of the state (pickled bytes), as Bytewax recovery requires. Group
         states are recorded with the identity of the definitions that produced them."""
         return snapshot_state(self)
+
+    def estimated_snapshot_bytes(self) -> int:
+        """About `len(self.snapshot())`, from a sample of the state (`engine.recovery`)."""
+        return estimated_snapshot_bytes(self)
 
     def _restore(self, blob: bytes) -> None:
         restore_state(self, blob)

@@ -9,7 +9,7 @@ slots of this process (Prometheus sums the processes: `sum by (entity)`):
 - `feast_bytewax_buffered_events`: events waiting for the watermark;
 - `feast_bytewax_snapshot_bytes`: bytes of each shard's last recovery snapshot (taken at
   every epoch under `--recovery-dir`; the restored one after a restart; without recovery
-  the state pickled only to be measured, about once a minute per shard);
+  an estimate from a sample of the state, every 5 minutes per shard);
 - `feast_bytewax_state_bytes_per_key`: those bytes over the keys the snapshots held, what a
   key costs in the recovery store (and, roughly, in memory).
 
