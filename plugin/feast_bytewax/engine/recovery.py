@@ -69,7 +69,9 @@ def estimated_snapshot_bytes(engine: Any, sample: int = ESTIMATE_SAMPLE) -> int:
 
     Why: without recovery the state is pickled only to show its size (`dataflow.step`), and
     pickling a whole shard held the worker for up to 0.25 s at a time, long enough to show in
-    the freshness p99. A sample costs about a millisecond whatever the state's size."""
+    the freshness p99. Pickling the sample costs the same whatever the state's size; only
+    the lists of keys to sample from grow with it (3.5 ms against 397 ms for the whole
+    pickle of a 10k-key shard holding 600 s of event ids)."""
     joins = engine.joins
     parts = [
         _dict_bytes(engine.keys, sample, lambda v: (v.groups, v.emitted)),
