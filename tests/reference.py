@@ -311,8 +311,7 @@ def profile_enricher(arrivals: Sequence[dict], visible: Mapping[int, int | None]
         for vt, v, vis, correctable, vi in by_user.get(e["user_id"], ()):
             if vt > e["event_timestamp"] or vis > t:
                 continue
-            if not correctable and not (a > vis or (a == vis and idx > vi and a != e[
-                    "event_timestamp"])):
+            if not correctable and not (a > vis or (a == vis and idx > vi)):
                 continue
             if best is None or vt > best[0] or (vt == best[0] and vi > best[1]):
                 best = (vt, vi, v)
