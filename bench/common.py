@@ -82,6 +82,8 @@ class _CountPartition(StatelessSinkPartition):
         self.by_kind = by_kind
 
     def write_batch(self, items: list) -> None:
+        # (key, record) items, or (key, [records]) from our dataflow (`records.unbatch`)
+        items = [(k, r) for k, v in items for r in (v if type(v) is list else (v,))]
         self.counter.add(len(items))
         if self.classify is not None:
             for x in items:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from feast_bytewax.config import FlowConfig
 from feast_bytewax.dataflow.flow import build_flow
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import FeatureRow, Late, Rejected
+from feast_bytewax.records import FeatureRow, Late, Rejected, unbatch
 from tests import reference as ref
 
 MIN = 60_000_000
@@ -62,7 +62,7 @@ def run_flow(payloads, cfg: FlowConfig, workers: int):
     flow = build_flow("test", cfg, SPEC, TestingSource(payloads, batch_size=13),
                       TestingSink(rows), TestingSink(dead), stats)
     cli_main(flow, workers_per_process=workers)
-    return [r for _, r in rows], [d for _, d in dead], stats
+    return unbatch(r for _, r in rows), unbatch(d for _, d in dead), stats
 
 
 def expected(arrived, cfg: FlowConfig):

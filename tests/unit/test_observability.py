@@ -305,7 +305,7 @@ def test_without_recovery_snapshots_are_empty_and_the_state_is_measured_now_and_
     gauges, g = private_gauges()
     logic = ShardLogic(engine, None, "user_id", gauges=gauges, snapshots=False)
     events = [validate_item(p, "t", 0, 10**18) for p, _ in payloads[:200]]
-    logic.on_batch([e for e in events if type(e) is Event])
+    logic.on_batch([[e for e in events if type(e) is Event]])  # one router list
     logic._measure_due = float("inf")
     assert logic.snapshot() == NO_SNAPSHOT and shown(g["snap"], "user_id") == 0
     logic._measure_due = 0.0  # due now

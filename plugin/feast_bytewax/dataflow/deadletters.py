@@ -30,7 +30,7 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from feast_bytewax.records import Late, Rejected, dead_letter_record
+from feast_bytewax.records import Late, Rejected, dead_letter_record, unbatch
 
 __all__ = [
     "DeadLetterSink",
@@ -77,8 +77,9 @@ class _DeadLetterPartition(StatefulSinkPartition[Rejected | Late, int]):
         self._f.truncate(min(keep, size))
         self.written = 0
 
-    def write_batch(self, values: list[Rejected | Late]) -> None:
-        lines = [json.dumps(dead_letter_record(v), ensure_ascii=False, default=str) for v in values]
+    def write_batch(self, values: list[Rejected | Late | list[Late]]) -> None:
+        lines = [json.dumps(dead_letter_record(v), ensure_ascii=False, default=str)
+                 for v in unbatch(values)]
         if lines:
             self._f.write(("\n".join(lines) + "\n").encode("utf-8"))
             self.written += len(lines)

@@ -38,7 +38,7 @@ from feast_bytewax.errors import FeastBytewaxError
 from feast_bytewax.features.spec import EngineSpec, load_spec
 from feast_bytewax.observability.freshness import StallMonitor
 from feast_bytewax.observability.stats import FlowStats
-from feast_bytewax.records import FeatureRow
+from feast_bytewax.records import FeatureRow, unbatch
 from feast_bytewax.stores.folder_names import new_run_id, writer_id
 
 
@@ -60,8 +60,9 @@ class FeastSinkPartition(StatefulSinkPartition[FeatureRow, dict]):
         except Exception as e:  # a bug or a definition the store rejects: stop, clearly
             fatal_stop(f"Feast {what} failed: {one_line(e)}", self.stats, trace=True)
 
-    def write_batch(self, values: list[FeatureRow]) -> None:
-        self._guard("write", lambda: self.writer.write(values))
+    def write_batch(self, values: list[list[FeatureRow] | FeatureRow]) -> None:
+        rows = unbatch(values)
+        self._guard("write", lambda: self.writer.write(rows))
 
     def snapshot(self) -> dict:
         """`FeastWriter.checkpoint` in its two steps, each named for what can fail: the
@@ -83,7 +84,8 @@ class FeastSinkPartition(StatefulSinkPartition[FeatureRow, dict]):
 class FeastSink(FixedPartitionedSink[FeatureRow, dict]):
     """Bytewax output writing `FeatureRow`s to Feast (offline + online) in micro-batches.
 
-    Items are `(key: str, FeatureRow)` 2-tuples (a keyed stream); the partition gets the rows.
+    Items are `(key: str, FeatureRow or a list of them)` 2-tuples (a keyed stream: the
+    dataflow sends lists, `records.unbatch`); the partition gets the rows.
     Key on the entity key or anything derived from it only (e.g. the engine's shard key), so
     all rows of one entity land on one partition and its online writes stay in order.
 

@@ -85,50 +85,66 @@ def _accounting(stats: FlowStats, observe: Callable[[list, int], None] | None):
 
 
 def _router(entity: EngineSpec, shards: int, stats: FlowStats):
-    """Events of one entity, keyed by its routing shard (events without a value for the
-    entity's join key are not its events: counted as `unkeyed`); every partition mark goes
-    to every shard, in order with the events."""
+    """Events of one entity, grouped by routing shard: one ``(shard, [records])`` item per
+    shard the batch reaches (events without a value for the entity's join key are not its
+    events: counted as `unkeyed`); every partition mark goes to every shard, in order with
+    the events. One item per shard and batch, not per event: Bytewax's exchange costs per
+    item (routing, and a pickle per item between processes), and a shard's batch is one
+    list anyway (bench/RESULTS.md, *Batched exchange*)."""
     key_of = column_getter(entity.join_key)
     name = entity.join_key
     everyone = [str(s) for s in range(shards)]
     joined = {j.view for j in entity.enrichment.joins}
 
-    def route(batch: list) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
+    def route(batch: list) -> list[tuple[str, list]]:
+        groups: dict[str, list] = {}
         unkeyed = 0
         for x in batch:
             tx = type(x)
             if tx is Mark:
-                out.extend((s, x) for s in everyone)
+                for s in everyone:
+                    g = groups.get(s)
+                    if g is None:
+                        groups[s] = [x]
+                    else:
+                        g.append(x)
                 continue
             if tx is TableVersion:  # a version goes where the events of its key go
-                if x.view in joined:
-                    out.append((shard_key(x.key, shards), x))
-                else:
+                if x.view not in joined:
                     unkeyed += 1
-                continue
-            k = key_of(x)
-            if k is None or k == "":
-                unkeyed += 1
+                    continue
+                s = shard_key(x.key, shards)
             else:
-                out.append((shard_key(k, shards), x))
+                k = key_of(x)
+                if k is None or k == "":
+                    unkeyed += 1
+                    continue
+                s = shard_key(k, shards)
+            g = groups.get(s)
+            if g is None:
+                groups[s] = [x]
+            else:
+                g.append(x)
         if unkeyed:
             stats.add_entity(name, unkeyed=unkeyed)
-        return out
+        return list(groups.items())
 
     return route
 
 
 def _versions_as_rows(table: TableSpec, shards: int):
     """A table's versions as rows of its view (stamped with their valid-from time), keyed
-    like its events, for the Feast sink of the table."""
+    like its events and grouped per shard like them (`_router`), for the table's sink."""
     names = table.feature_names
 
-    def rows(batch: list) -> list[tuple[str, FeatureRow]]:
-        return [(shard_key(x.key, shards),
-                 FeatureRow(x.key, x.valid_from, tuple(x.values.get(n) for n in names),
-                            "version"))
-                for x in batch if type(x) is TableVersion and x.view == table.view]
+    def rows(batch: list) -> list[tuple[str, list[FeatureRow]]]:
+        groups: dict[str, list[FeatureRow]] = {}
+        for x in batch:
+            if type(x) is TableVersion and x.view == table.view:
+                row = FeatureRow(x.key, x.valid_from, tuple(x.values.get(n) for n in names),
+                                 "version")
+                groups.setdefault(shard_key(x.key, shards), []).append(row)
+        return list(groups.items())
 
     return rows
 
@@ -192,8 +208,9 @@ def build_flow(
 
     `live` turns on idle partitions (their frontier moves with wall-clock time while they
     read nothing, so idle keys decay on time). `feature_sink` is one sink for all rows or a
-    factory giving each entity its own; rows reach it as `(shard, FeatureRow)`. Rejected and
-    late records reach `dead_letter_sink` as `(shard_or_"input", record)`. `observe`: see
+    factory giving each entity its own; rows reach it as `(shard, [FeatureRow, ...])`. Rejected
+    and late records reach `dead_letter_sink` as `("input", Rejected)` / `(shard, [Late, ...])`
+    (sinks flatten with `records.unbatch`). `observe`: see
     `_accounting`. `lifecycle` learns when the input really ended (the sinks commit then).
     `emit_from`: a range replay's start (see `ShardEngine._seed`). `tables`: joined view ->
     a source of its raw versions (``(payload, origin)`` items); their rows reach
@@ -234,7 +251,8 @@ def build_flow(
                                  lifecycle, cfg.new_features, provisional,
                                  snapshots=cfg.recovery_dir is not None)
         out = op.stateful_batch(f"features_{name}", keyed, step.build)
-        rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1]) is FeatureRow)
+        # the step's output items are lists of rows or lists of late records (`ShardLogic`)
+        rows = op.branch(f"split_rows_{name}", out, lambda kv: type(kv[1][0]) is FeatureRow)
         if isinstance(feature_sink, Sink):
             shared_rows.append(rows.trues)
         else:

@@ -109,14 +109,24 @@ class ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
                             buffered=len(self.engine.buffer), snapshot_bytes=snapshot_bytes)
 
     def _report(self, out: list[FeatureRow | Late]) -> tuple[list, bool]:
+        """Counter deltas to the run's stats; the output as at most two items, a list of rows
+        and a list of late records (one exchange item each, as the input: `dataflow.flow`)."""
         if self.stats is not None:
             now = self.engine.counts
             self.stats.add_entity(self.entity,
                                   **{k: now[k] - self._seen.get(k, 0) for k in now})
             self._seen = dict(now)
-        return out, StatefulBatchLogic.RETAIN
+        if not out:
+            return [], StatefulBatchLogic.RETAIN
+        late = [r for r in out if type(r) is not FeatureRow]
+        if not late:
+            return [out], StatefulBatchLogic.RETAIN
+        rows = [r for r in out if type(r) is FeatureRow]
+        return [rows, late] if rows else [late], StatefulBatchLogic.RETAIN
 
-    def on_batch(self, values: list[Event | Mark]) -> tuple[list, bool]:
+    def on_batch(self, values: list[list[Event | Mark]]) -> tuple[list, bool]:
+        """`values`: the lists the router made for this shard (`dataflow.flow`), in order."""
+        values = values[0] if len(values) == 1 else [x for chunk in values for x in chunk]
         out = self.engine.ingest(values)
         if self.provisional is not None:
             out += self.provisional.ingest(values)

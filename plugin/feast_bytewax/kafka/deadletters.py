@@ -57,7 +57,7 @@ from confluent_kafka import KafkaError as CKError
 
 from feast_bytewax.errors import SourceError
 from feast_bytewax.observability.metrics import DEAD_LETTERS_PRODUCED
-from feast_bytewax.records import Late, Rejected, TableVersion, dead_letter_record
+from feast_bytewax.records import Late, Rejected, TableVersion, dead_letter_record, unbatch
 
 log = logging.getLogger("feast_bytewax.kafka.source")
 
@@ -144,7 +144,7 @@ class DeadLetterPartition(StatefulSinkPartition[Any, dict]):
 
     def write_batch(self, items: list[Any]) -> None:
         kinds: dict[str, int] = {}
-        for item in items:
+        for item in unbatch(items):
             record = item[1] if type(item) is tuple else item
             m = dead_letter_message(record, self._topic, self._late)
             ident = _identity(m)
