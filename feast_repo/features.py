@@ -25,7 +25,8 @@ Joins, lookups and derived columns are three more tags (`feast_bytewax.features.
   comparisons, `and or not`); a missing operand or a division by zero gives a missing value,
   which aggregations skip and filters never match.
 
-Adding a feature is an edit to this file only.
+Adding a feature is an edit to this file (and, to serve it in a feature service, to
+services.py).
 """
 
 from datetime import timedelta

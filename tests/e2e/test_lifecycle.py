@@ -179,6 +179,36 @@ def test_bad_configuration_is_one_line_not_a_panic(tmp_path, args, env, expect):
     assert len(run.stderr.strip().splitlines()) <= 3, run.stderr
 
 
+@pytest.mark.parametrize(("old", "new", "expect"), [
+    ('Field(name="purchase_count_30m", dtype=Int64)',
+     'Field(name="purchase_count_30m", dtype=String)', "declare it Int64 or Float64"),
+    ('Field(name="purchase_count_30m", dtype=Int64),',
+     'Field(name="purchase_count_30m", dtype=Int64), Field(name="orphan", dtype=Float64),',
+     "fields ['orphan'] have no Aggregation"),
+])
+def test_a_bad_definition_stops_the_demo_before_it_touches_the_data(tmp_path, old, new, expect):
+    """A Field typed against its aggregation's result passed `apply` and poisoned the offline
+    folder for good; a Field without an Aggregation passed `apply` and stopped the replay
+    mid-run; and `demo` regenerated the data before it checked the definitions."""
+    repo = copy_repo(tmp_path / "repo")
+    features = repo / "feast_repo" / "features.py"
+    text = features.read_text()
+    assert old in text
+    features.write_text(text.replace(old, new, 1))
+    (repo / "data").mkdir()
+    sentinel = repo / "data" / "events.parquet"
+    sentinel.write_bytes(b"the previous run's events")
+    for command in (["apply"], ["demo"]):
+        run = cli(*command, "--repo", str(repo), timeout=120)
+        out = run.stdout + run.stderr
+        assert run.returncode == 1, out
+        assert expect in out, out
+        assert "Traceback" not in out, out
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert sentinel.read_bytes() == b"the previous run's events"
+    assert not (repo / "data" / "registry.db").exists()  # nothing was registered
+
+
 def test_unset_redis_variable_is_one_line(tmp_path):
     repo = copy_repo(tmp_path / "repo", (ROOT / "feature_store.redis.yaml").read_text())
     env = {k: v for k, v in os.environ.items() if k != "FEAST_REDIS"}

@@ -191,12 +191,16 @@ def agg(name: str = "n_10m", function: str = "count", column: str = "event_id",
                        slide_interval=slide, name=name)
 
 
+FLOAT_RESULTS = {"mean", "avg", "sum", "min", "max"}  # the rest count
+
+
 def view(*aggs: Aggregation, name: str = "adhoc", tags: dict | None = None,
          schema: list | None = None, source: PushSource = push,
          entities: list | None = None) -> StreamFeatureView:
     aggs = aggs or (agg(),)
     if schema is None:
-        schema = [Field(name=a.resolved_name(a.time_window), dtype=Int64) for a in aggs]
+        schema = [Field(name=a.resolved_name(a.time_window),
+                        dtype=Float64 if a.function in FLOAT_RESULTS else Int64) for a in aggs]
     return StreamFeatureView(
         name=name, source=source, entities=entities or [repo_entities.user],
         ttl=timedelta(0), timestamp_field="event_timestamp", tags=tags or {},
@@ -438,3 +442,32 @@ def test_fingerprint_and_identity_change_with_a_definition():
                                      *spec.features[1:]))
     assert longer.fingerprint != spec.fingerprint
     assert longer.features[0].identity != spec.features[0].identity
+
+
+@pytest.mark.parametrize(("function", "column", "dtype", "ok"), [
+    ("count", "event_id", Int64, True), ("count", "event_id", Float64, True),
+    ("count", "event_id", String, False), ("count_distinct", "category", String, False),
+    ("mean", "amount", Float64, True), ("mean", "amount", Int64, False),
+    ("max", "amount", Int64, False), ("sum", "amount", String, False),
+])
+def test_a_field_must_hold_its_aggregation_s_result_type(function, column, dtype, ok):
+    """A count declared String was accepted once: its parts then broke every later read of
+    the folder (pyarrow cannot merge int64 and string), even after the fix."""
+    a = agg(name="f", function=function, column=column)
+    v = view(a, schema=[Field(name="f", dtype=dtype)])
+    if ok:
+        (f,) = compile_view(v)
+        assert f.name == "f"
+    else:
+        with pytest.raises(SpecError, match=r"field 'f' is declared .*; declare it (Int64 or "
+                                            r"Float64|Float64)$"):
+            compile_view(v)
+
+
+def test_a_field_without_an_aggregation_is_refused_at_compile_time():
+    """It used to pass `apply` and stop the replay mid-run at the writer's check."""
+    v = view(agg(), schema=[Field(name="n_10m", dtype=Int64), Field(name="orphan", dtype=Int64)])
+    with pytest.raises(SpecError, match=r"fields \['orphan'\] have no Aggregation"):
+        compile_view(v)
+    (f,) = compile_view(view(agg()))  # the entity column of the schema is not an orphan
+    assert f.name == "n_10m"

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from feast_bytewax.config import DemoConfig, ReplayConfig
 from feast_bytewax.dataflow.replay import ReplayResult, run_replay
-from feast_bytewax.dataflow.repo import apply_repo, open_store
+from feast_bytewax.dataflow.repo import apply_repo, compile_repo, open_store
 from feast_bytewax.datagen.generate import write_events
 from feast_bytewax.datagen.profiles import (
     generate_category_risk,
@@ -55,6 +55,7 @@ def _table(title: str, df: pd.DataFrame) -> Table:
 def run_demo(args: DemoConfig) -> ReplayResult:
     """The four steps; returns the replay's result (its counters decide the exit code)."""
     repo = Path(args.repo).resolve()
+    compile_repo(repo)  # a bad definition stops here, before step 1 replaces the data
     data = repo / "data"
     data.mkdir(parents=True, exist_ok=True)
     events_path = data / "events.parquet"

@@ -113,6 +113,17 @@ def fresh_definitions(repo: Path) -> Iterator[None]:
         sys.modules.update(saved)
 
 
+def compile_repo(repo_path: str | Path) -> FlowSpec:
+    """Compile the repo's definitions without registering anything (`SpecError` for one the
+    engine cannot run): what a command that would first overwrite data checks up front."""
+    repo = check_repo(repo_path)
+    quiet_feast_warnings()
+    with fresh_definitions(repo):
+        contents = parse_repo(repo)
+        return compile_flow(contents.stream_feature_views, contents.entities,
+                            contents.data_sources, contents.feature_views)
+
+
 def apply_repo(repo_path: str | Path) -> FlowSpec:
     """Compile the repo's definitions (raises `SpecError` for one the engine cannot run, and
     registers nothing then), then `feast apply` them. Returns the compiled spec."""

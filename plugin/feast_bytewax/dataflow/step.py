@@ -71,11 +71,12 @@ class FeatureStepConfig:
         if report is not None and report.new and self.new_features == "refuse":
             lookback_h = self.spec.lookback_us / 3.6e9
             fatal_stop(
-                f"the definitions gained {report.new} since the recovery snapshot; their "
-                f"windows would start empty. Either restart with --new-features cold (they "
-                f"count events from the restart on; {lookback_h:g} h later a "
-                "`feast-bytewax replay --start <restart - that> --end <now>` of the archive "
-                "rewrites their past rows), or start with an empty --recovery-dir after "
+                f"the definitions gained or changed {report.new} since the recovery "
+                "snapshot; their windows would start empty. Either restart with "
+                "--new-features cold (they count events from the restart on; to rewrite "
+                f"their past rows, {lookback_h:g} h after the restart replay the archive "
+                "with `feast-bytewax replay --start <restart time minus "
+                f"{lookback_h:g} h> --end <now>`), or start with an empty --recovery-dir after "
                 "replaying the archive", self.stats)
         return ShardLogic(engine, self.stats, self.spec.join_key, self.lifecycle,
                           ProvisionalRows(engine) if self.provisional else None,

@@ -24,6 +24,7 @@ from feast_bytewax.engine.state import KeyState
 from feast_bytewax.errors import ConfigError
 
 log = logging.getLogger(__name__)
+_LOGGED: set[str] = set()  # warnings already given by this process
 
 FORMAT = 5
 ESTIMATE_SAMPLE = 256  # entries pickled per large part by `estimated_snapshot_bytes`
@@ -175,6 +176,9 @@ def _remap(engine: Any, state: dict, keys: dict, old_features: list, old_groups:
     report.kept = sorted(names[i] for i in kept)
     report.new = sorted(f.name for f, j in zip(cs.spec.features, slots, strict=True) if j is None)
     report.dropped = sorted(str(i[1]) for i in old_features if i not in names)
-    log.warning("definitions changed since the recovery snapshot: kept the state of %s; new "
-                "(empty until events arrive): %s; dropped: %s", report.kept or "none",
-                report.new or "none", report.dropped or "none")
+    line = (f"definitions changed since the recovery snapshot: kept the state of "
+            f"{report.kept or 'none'}; new or changed (their state starts empty): "
+            f"{report.new or 'none'}; dropped: {report.dropped or 'none'}")
+    if line not in _LOGGED:  # every shard of the process restores the same change: say it once
+        _LOGGED.add(line)
+        log.warning(line)

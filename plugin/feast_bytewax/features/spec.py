@@ -183,6 +183,11 @@ def _check_column(schema: EventSchema | ViewColumns, column: str, what: str,
     return kind
 
 
+# the Feast types an aggregator's result (`Aggregator.dtype`) is written as without loss
+WRITABLE_AS = {"int64": ("int64", "float64"), "float64": ("float64",)}
+FEAST_TYPE_NAMES = {"int64": "Int64", "float64": "Float64"}
+
+
 def compile_view(view, schema: EventSchema | None = None, join_key: str | None = None,
                  feature_views: Mapping[str, object] | None = None,
                  enrichment: Enrichment | None = None,
@@ -212,11 +217,18 @@ def compile_view(view, schema: EventSchema | None = None, join_key: str | None =
         where_txt = f"view {view.name!r}, aggregation {name!r}"
         function = validate_function(agg.function, where_txt)  # canonical: "avg" -> "mean"
         try:  # bad options (e.g. a hll_lg_k tag) fail here, not later inside a worker
-            make_aggregator(function, dict(options))
+            result = make_aggregator(function, dict(options)).dtype
         except ValueError as e:
             raise SpecError(f"{where_txt}: {e}") from None
         if name not in fields:
             raise SpecError(f"{where_txt}: no field {name!r} in the view schema {sorted(fields)}")
+        declared = dtype_name(fields[name].dtype)
+        if declared not in WRITABLE_AS[result]:
+            # caught here, not by the writer: parts of another type poison every later read
+            raise SpecError(
+                f"{where_txt}: field {name!r} is declared {fields[name].dtype}, but "
+                f"{function} gives {result}; declare it "
+                f"{' or '.join(FEAST_TYPE_NAMES[t] for t in WRITABLE_AS[result])}")
         if not agg.column:
             raise SpecError(f"{where_txt}: Aggregation.column is empty")
         column_kind = _check_column(schema, agg.column, "Aggregation.column", where_txt)
@@ -245,6 +257,12 @@ def compile_view(view, schema: EventSchema | None = None, join_key: str | None =
             dtype=dtype_name(fields[name].dtype), options=options,
             depends=enrichment.depends(reads),
         ))
+    computed = {f.name for f in specs} | set(keys_of(view)) | (
+        {join_key} if join_key else set()) | {c.name for c in view.entity_columns}
+    orphans = sorted(set(fields) - computed)
+    if orphans:
+        raise SpecError(f"view {view.name!r}: fields {orphans} have no Aggregation (nothing "
+                        "would write them); add one for each, or remove them from the schema")
     return specs
 
 
