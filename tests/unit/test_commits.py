@@ -137,6 +137,27 @@ def test_parts_of_another_layout_are_read_and_new_columns_read_as_null(tmp_path)
     assert rows == [("a", None), ("b", 7)]
 
 
+def test_a_column_whose_type_changed_reads_as_the_newest_part_holds_it(tmp_path, caplog):
+    """A feature once declared String (its parts hold strings), then Int64: pyarrow cannot
+    merge them, and every read of the folder, compaction included, failed for good. Now the
+    older part's column is cast where its values allow and null where they do not."""
+    folder = str(tmp_path / "src")
+    for rows, values in (([("a", 1), ("b", 1)], pa.array(["x", "5"])),
+                         ([("c", 2)], pa.array([2], pa.int64()))):
+        w = txn(folder, "live")
+        w.write(table([(k, t, 0) for k, t in rows]).set_column(2, "value", values))
+        w.checkpoint()
+        w.finish()
+    with caplog.at_level("WARNING"):
+        assert read(folder) == {("a", 1): None, ("b", 1): None, ("c", 2): 2}
+    assert "'value' as string, the newest as int64" in caplog.text
+    compact(FS, folder, part_files(folder), "event_timestamp", ["user_id"], grace_s=0)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert read(folder) == {("a", 1): None, ("b", 1): None, ("c", 2): 2}
+    assert "as string" not in caplog.text  # compaction rewrote it in the newest type
+
+
 def test_compaction_leaves_few_parts_and_deletes_one_round_later(tmp_path):
     folder = str(tmp_path / "src")
     for i in range(30):

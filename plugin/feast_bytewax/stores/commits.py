@@ -318,6 +318,31 @@ def visible_parts(filesystem: pafs.FileSystem, folder: str, data_files: list[str
     return out, replaces, keys
 
 
+def as_newest_types(tables: list[pa.Table], orders: list[int], folder: str) -> list[pa.Table]:
+    """Parts whose columns no type promotion can merge (a feature once declared String, now
+    Int64): each column is read as the part committed last holds it, cast where the values
+    allow and null where they do not, with one warning. Otherwise one old part would fail
+    every read of the folder, compaction included, for good; its rows are superseded by the
+    replay that rewrote the range, or are read as null until one does."""
+    newest = tables[max(range(len(tables)), key=orders.__getitem__)].schema
+    out = []
+    for t in tables:
+        for i, f in enumerate(t.schema):
+            want = newest.field(f.name).type if f.name in newest.names else f.type
+            if f.type == want:
+                continue
+            try:
+                column = t.column(i).cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                column = pa.nulls(t.num_rows, want)
+                log.warning("%s: a part holds column %r as %s, the newest as %s: read as null "
+                            "there; replay that range (then `feast-bytewax compact`) to "
+                            "rewrite it", folder, f.name, f.type, want)
+            t = t.set_column(i, pa.field(f.name, want), column)
+        out.append(t)
+    return out
+
+
 def read_committed(filesystem: pafs.FileSystem, folder: str, data_files: list[str],
                    ts: str, keys: list[str] | None = None, dedup: bool = True,
                    markers: list[dict] | None = None) -> pa.Table | None:
@@ -341,7 +366,11 @@ def read_committed(filesystem: pafs.FileSystem, folder: str, data_files: list[st
                 drop = inside if drop is None else pc.or_(drop, inside)
             t = t.filter(pc.invert(pc.fill_null(drop, False)))
         tables.append(t.append_column(ORDER, pa.array([part.order] * t.num_rows, pa.int32())))
-    table = pa.concat_tables(tables, promote_options="permissive")
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a column's type changed between parts
+        table = pa.concat_tables(as_newest_types(tables, [p.order for p in parts], folder),
+                                 promote_options="permissive")
     ident = [c for c in [*keys, ts] if c in table.column_names]
     if dedup and len(ident) == len(keys) + 1 and table.num_rows:
         table = _latest_per_identity(table, ident)
