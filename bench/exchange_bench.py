@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import MISSING, field, fields, make_dataclass
 from pathlib import Path
 
 import bytewax.operators as op
@@ -37,21 +37,13 @@ SHARDS = 32
 BATCH = 1000
 
 
-@dataclass(slots=True)
-class DefaultPickled:
-    """`records.Event`'s fields, pickled the slotted-dataclass way."""
-
-    event_id: int
-    user_id: str
-    event_type: str
-    amount: float
-    category: str
-    event_timestamp: int
-    origin: str = ""
-    extra: object = None
-    part: int = -1
-    frontier: int | None = None
-    joined: object = None
+# `records.Event`'s own fields, pickled the slotted-dataclass way (no field-values __reduce__)
+DefaultPickled = make_dataclass(
+    "DefaultPickled",
+    [(f.name, f.type) if f.default is MISSING else (f.name, f.type, field(default=f.default))
+     for f in fields(Event)],
+    slots=True)
+DefaultPickled.__module__ = __name__  # pickled by name, as a class statement is
 
 
 class _Part(StatefulSourcePartition):
