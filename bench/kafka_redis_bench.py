@@ -688,7 +688,7 @@ def _push_loop(broker: Broker, topic: str, repo: Path, n: int, warm: int, mode) 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
     from feast import FeatureStore
 
-    from feast_bytewax.ingest.validate import parse_timestamp_us
+    from feast_bytewax.ingest.timestamps import parse_timestamp_us
 
     store = FeatureStore(repo_path=str(repo))
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "bench-baseline",

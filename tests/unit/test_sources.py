@@ -23,7 +23,8 @@ from feast_bytewax.dataflow.deadletters import (
 )
 from feast_bytewax.datagen.generate import write_events
 from feast_bytewax.ingest.files import EventFileSource, list_event_files
-from feast_bytewax.ingest.validate import EpochUs, validate_item
+from feast_bytewax.ingest.timestamps import EpochUs
+from feast_bytewax.ingest.validate import validate_item
 from feast_bytewax.records import Event, Late, Rejected, dead_letter_record
 from feast_bytewax.timeutil import to_us, utc_now_us
 

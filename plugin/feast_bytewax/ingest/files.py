@@ -15,7 +15,7 @@ the standard AWS chain. It emits raw, unvalidated items ``(payload, origin)``:
 - parquet: ``payload`` is the row as a ``dict`` (only the spec's columns that the file has;
   a missing column makes every row a ``missing_field`` rejection); ``origin`` is
   ``"<file>:<row index>"``, 0-based like pandas ``iloc``. A tz-aware timestamp column is
-  handed over as `feast_bytewax.ingest.validate.EpochUs` (exact UTC epoch us, ~50x cheaper than a
+  handed over as `feast_bytewax.ingest.timestamps.EpochUs` (exact UTC epoch us, ~50x cheaper than a
   ``datetime``); a naive one as naive ``datetime`` (rejected downstream).
 
 ``<file>`` is the file name for a local file and the full URI in object storage
@@ -58,7 +58,8 @@ from feast_bytewax.ingest.filesystems import (
     s3_endpoint_from_env,
     uri_label,
 )
-from feast_bytewax.ingest.validate import FIELDS, EpochUs
+from feast_bytewax.ingest.timestamps import EpochUs
+from feast_bytewax.ingest.validate import FIELDS
 from feast_bytewax.timeutil import to_us
 
 __all__ = ["EventFile", "EventFileSource", "list_event_files", "resolve_event_files"]

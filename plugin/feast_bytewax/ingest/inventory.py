@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feast_bytewax.ingest.files import TS_COLUMN, EventFile
-from feast_bytewax.ingest.validate import parse_timestamp_us
+from feast_bytewax.ingest.timestamps import parse_timestamp_us
 from feast_bytewax.timeutil import to_us
 
 

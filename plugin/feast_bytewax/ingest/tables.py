@@ -25,12 +25,8 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from feast_bytewax.features.inputs import TableSpec
-from feast_bytewax.ingest.validate import (
-    MIN_EVENT_US,
-    column_value,
-    parse_timestamp_us,
-    reject,
-)
+from feast_bytewax.ingest.timestamps import MIN_EVENT_US, parse_timestamp_us
+from feast_bytewax.ingest.validate import column_value, reject
 from feast_bytewax.records import Rejected, TableVersion, iso_us
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

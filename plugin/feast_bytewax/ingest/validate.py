@@ -41,22 +41,27 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from feast_bytewax.features.schema import EventSchema
+from feast_bytewax.ingest.timestamps import (
+    EPOCH,
+    MIN_EVENT_US,
+    ONE_US,
+    EpochUs,
+    parse_timestamp_us,
+    type_name,
+)
 from feast_bytewax.records import EVENT_FIELDS, EVENT_TYPES, Event, Rejected
 
 __all__ = [
     "FIELDS",
     "REASON_CODES",
-    "EpochUs",
     "column_value",
     "from_record",
     "parse_json",
-    "parse_timestamp_us",
     "reject",
     "validate_item",
 ]
@@ -80,28 +85,12 @@ REASON_CODES = frozenset(
 )
 
 _LOGIN_TYPES = frozenset({"login_ok", "login_failed"})
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-MIN_EVENT_US = -2_208_988_800_000_000  # 1900-01-01T00:00:00Z
-_fromisoformat = datetime.fromisoformat
 _loads = json.loads
 _fast_loads = orjson.loads
 _FastError = orjson.JSONDecodeError
 _isfinite = math.isfinite
-
-
-class EpochUs(int):
-    """An event time already known to be UTC epoch microseconds.
-
-    Sources that read a tz-aware typed timestamp column (parquet ``timestamp[unit, tz]``)
-    hand the instant over as this int subclass instead of a ``datetime``: building
-    datetimes in pyarrow costs ~7 us per row, this costs ~0.1 us. A plain ``int`` is still
-    ``bad_type`` (an epoch number of unknown unit is not an accepted timestamp).
-    """
-
-    __slots__ = ()
 
 
 def _as_text(payload: Any) -> str:
@@ -111,7 +100,7 @@ def _as_text(payload: Any) -> str:
         return bytes(payload).decode("utf-8", errors="replace")
     if isinstance(payload, dict):
         payload = {
-            k: (_EPOCH + v * _ONE_US).isoformat() if type(v) is EpochUs else v
+            k: (EPOCH + v * ONE_US).isoformat() if type(v) is EpochUs else v
             for k, v in payload.items()
         }
     try:
@@ -130,38 +119,6 @@ def reject(payload: Any, reason: str, origin: str) -> Rejected:
     return Rejected(_as_text(payload), reason, origin)
 
 
-def _type_name(v: Any) -> str:
-    if v is None:
-        return "null"
-    return type(v).__name__
-
-
-def parse_timestamp_us(value: Any) -> int | str:
-    """ISO-8601 string / aware datetime -> UTC epoch us, or a rejection reason string.
-
-    Returns an ``int`` on success and a ``str`` reason on failure (no exceptions on the
-    hot path).
-    """
-    if type(value) is EpochUs:
-        return int(value)
-    if type(value) is str:
-        try:
-            dt = _fromisoformat(value)
-        except ValueError as e:
-            return f"bad_timestamp: {value[:64]!r} is not ISO-8601 ({e})"
-        if dt.tzinfo is None:
-            return f"naive_timestamp: {value[:64]!r} has no UTC offset"
-        return (dt - _EPOCH) // _ONE_US
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            return f"naive_timestamp: {str(value)[:64]!r} has no UTC offset"
-        ns = getattr(value, "value", None)  # pandas.Timestamp: exact epoch nanoseconds
-        if type(ns) is int:
-            return ns // 1000
-        return (value - _EPOCH) // _ONE_US
-    return f"bad_type: event_timestamp must be an ISO-8601 string, got {_type_name(value)}"
-
-
 def _check_event_id(v: Any) -> str | None:
     t = type(v)
     if t is int:
@@ -173,7 +130,7 @@ def _check_event_id(v: Any) -> str | None:
     # numpy / pandas integers from records are fine (bool is an Integral too: refuse it)
     if not isinstance(v, bool) and hasattr(v, "__index__") and not isinstance(v, float):
         return None
-    return f"bad_type: event_id must be an int or a string, got {_type_name(v)}"
+    return f"bad_type: event_id must be an int or a string, got {type_name(v)}"
 
 
 def _utf8_ok(s: str) -> bool:
@@ -205,17 +162,17 @@ def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
         return r
     uid = rec["user_id"]
     if not isinstance(uid, str):
-        return f"bad_type: user_id must be a string, got {_type_name(uid)}"
+        return f"bad_type: user_id must be a string, got {type_name(uid)}"
     if not uid:
         return "empty_field: user_id"
     et = rec["event_type"]
     if not isinstance(et, str):
-        return f"bad_type: event_type must be a string, got {_type_name(et)}"
+        return f"bad_type: event_type must be a string, got {type_name(et)}"
     if et not in EVENT_TYPES:
         return f"unknown_event_type: {et[:64]}"
     amt = rec["amount"]
     if isinstance(amt, bool) or not isinstance(amt, int | float):
-        return f"bad_type: amount must be a number, got {_type_name(amt)}"
+        return f"bad_type: amount must be a number, got {type_name(amt)}"
     try:
         famt = float(amt)
     except OverflowError:
@@ -226,7 +183,7 @@ def _slow_reject(rec: dict, now_us: int, max_future_us: int) -> str:
         return f"negative_amount: amount {famt} < 0"
     cat = rec.get("category")
     if cat is not None and not isinstance(cat, str):
-        return f"bad_type: category must be a string, got {_type_name(cat)}"
+        return f"bad_type: category must be a string, got {type_name(cat)}"
     ts = parse_timestamp_us(rec["event_timestamp"])
     if type(ts) is not int:
         return ts
@@ -271,7 +228,7 @@ def column_value(name: str, kind: str, v: Any) -> tuple[Any, str | None]:
     elif kind == "timestamp":
         us = parse_timestamp_us(v)
         return (us, None) if type(us) is int else (None, us.replace("event_timestamp", name))
-    return None, f"bad_type: {name} must be {_KIND_TEXT.get(kind, kind)}, got {_type_name(v)}"
+    return None, f"bad_type: {name} must be {_KIND_TEXT.get(kind, kind)}, got {type_name(v)}"
 
 
 _KIND_TEXT = {"string": "a string", "int": "an integer", "double": "a number",
@@ -372,7 +329,7 @@ def parse_json(
             return rec
     if type(rec) is not dict:
         return reject(
-            payload, f"not_object: expected a JSON object, got {_type_name(rec)}", origin
+            payload, f"not_object: expected a JSON object, got {type_name(rec)}", origin
         )
     return _validate(rec, payload, origin, now_us, max_future_us, _extra(schema))
 
@@ -402,7 +359,7 @@ def from_record(rec: dict, origin: str, now_us: int, max_future_us: int,
     """
     if not isinstance(rec, dict):
         return reject(
-            rec, f"not_object: expected a record, got {_type_name(rec)}", origin
+            rec, f"not_object: expected a record, got {type_name(rec)}", origin
         )
     return _validate(rec, rec, origin, now_us, max_future_us, _extra(schema))
 
